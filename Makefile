@@ -1,0 +1,44 @@
+# Two commands do all the set-up on a fresh machine: `make serve` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+MODEL_DIR ?= .models/tiny-sd-img2img
+TRITON_ARGS ?=
+# Where the tiny model and the venv come from is the only set-up; everything below depends on it.
+SETUP_STAMP := $(VENV)/.setup-stamp
+MODEL_STAMP := $(MODEL_DIR)/tiny_model_build.json
+
+.PHONY: setup model triton serve test lint clean
+
+setup: $(SETUP_STAMP)
+
+$(SETUP_STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first and by exact version: it takes the CPU wheel; an unpinned torch pulls CUDA.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+model: $(MODEL_STAMP)
+
+$(MODEL_STAMP): $(SETUP_STAMP) embedded/tiny_model.py
+	$(PY) -m embedded.tiny_model $(MODEL_DIR)
+
+# Triton in the foreground on :8000 (HTTP), :8001 (gRPC), :8002 (metrics); Ctrl-C stops it.
+triton: model
+	$(PY) -m embedded.triton_server --model-path $(MODEL_DIR) $(TRITON_ARGS)
+
+serve: triton
+
+test: model
+	$(PY) -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy embedded model_repository/sd_img2img/1
+
+clean:
+	rm -rf .build .models

@@ -1,0 +1,252 @@
+"""Run a real ``tritonserver`` (the one bundled in ``nvidia-pytriton``) on our model repository, no Docker.
+
+The bundled binary finds its libraries relative to itself, so it runs where pip installed it. The Python
+backend needs the stub built for *this* Python beside ``libtriton_python.so``; we assemble that backend
+folder under ``.build/`` from the wheel's files. ``LD_LIBRARY_PATH`` points at this Python's libpython
+(else the stub binds the system one) and ``PYTHONPATH`` at this environment's site-packages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType, TracebackType
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL_REPOSITORY = REPO_ROOT / "model_repository"
+DEFAULT_BUILD_DIR = REPO_ROOT / ".build" / "triton"
+DEFAULT_MODEL_PATH = REPO_ROOT / ".models" / "tiny-sd-img2img"
+LOG_TAIL_LINES = 60
+
+
+class TritonStartError(RuntimeError):
+    """tritonserver exited or did not become ready; the message carries its log tail."""
+
+
+def bundled_triton_dir() -> Path:
+    import pytriton
+
+    return Path(pytriton.__file__).resolve().parent / "tritonserver"
+
+
+def prepare_backend_dir(build_dir: Path) -> Path:
+    """Assemble ``<build_dir>/backends/python`` with the stub for the running Python; returns ``backends``."""
+    triton_dir = bundled_triton_dir()
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = triton_dir / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise TritonStartError(f"nvidia-pytriton has no Python backend stub for Python {version} ({stub})")
+    python_dir = build_dir / "backends" / "python"
+    python_dir.mkdir(parents=True, exist_ok=True)
+    sources = [*sorted((triton_dir / "backends" / "python").glob("*.*")), stub]
+    for source in sources:
+        if source.is_file():
+            _install(source, python_dir / source.name)
+    return build_dir / "backends"
+
+
+def _install(source: Path, target: Path) -> None:
+    """Copy unless already identical; replace by rename, since a running server may hold the old file."""
+    if target.exists():
+        old, new = target.stat(), source.stat()
+        if (old.st_size, old.st_mtime_ns) == (new.st_size, new.st_mtime_ns):
+            return
+    staging = target.with_name(f".{target.name}.{os.getpid()}")
+    shutil.copy2(source, staging)
+    os.replace(staging, target)
+
+
+def server_environment(model_path: Path | str | None) -> dict[str, str]:
+    env = dict(os.environ)
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    # The copied stub loses its relative RPATH to the wheel's bundled libraries (libcudart).
+    wheel_libs = str(bundled_triton_dir().parent.parent / "nvidia_pytriton.libs")
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libdir, wheel_libs, env.get("LD_LIBRARY_PATH", "")) if p)
+    site_packages = sysconfig.get_paths()["purelib"]
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (site_packages, env.get("PYTHONPATH", "")) if p)
+    if model_path is not None:
+        env["SD_MODEL_PATH"] = str(model_path)
+    return env
+
+
+@dataclass
+class EmbeddedTriton:
+    """A tritonserver child process. Use as a context manager, or ``start()`` / ``stop()``."""
+
+    model_repository: Path = DEFAULT_MODEL_REPOSITORY
+    model_path: Path | str | None = DEFAULT_MODEL_PATH
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    host: str = "127.0.0.1"
+    build_dir: Path = DEFAULT_BUILD_DIR
+    ready_timeout_s: float = 300.0
+    echo_logs: bool = False
+    extra_args: list[str] = field(default_factory=list)
+    process: subprocess.Popen[str] | None = field(default=None, init=False)
+    _log_tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=LOG_TAIL_LINES))
+    _reader: threading.Thread | None = field(default=None, init=False)
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.host}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    def command(self) -> list[str]:
+        backends = prepare_backend_dir(self.build_dir)
+        return [
+            str(bundled_triton_dir() / "bin" / "tritonserver"),
+            f"--model-repository={self.model_repository}",
+            f"--backend-directory={backends}",
+            f"--http-address={self.host}",
+            f"--grpc-address={self.host}",
+            f"--metrics-address={self.host}",
+            f"--http-port={self.http_port}",
+            f"--grpc-port={self.grpc_port}",
+            f"--metrics-port={self.metrics_port}",
+            "--allow-cpu-metrics=true",
+            "--exit-on-error=true",
+            "--strict-readiness=true",
+            # Images travel through shared memory; start big enough for a batch of 512 px images.
+            "--backend-config=python,shm-default-byte-size=16777216",
+            "--backend-config=python,shm-growth-byte-size=16777216",
+            *self.extra_args,
+        ]
+
+    def log_tail(self) -> str:
+        return "".join(self._log_tail)
+
+    def start(self) -> EmbeddedTriton:
+        self.process = subprocess.Popen(
+            self.command(),
+            env=server_environment(self.model_path),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            start_new_session=True,  # our signal handlers decide what reaches it
+        )
+        self._reader = threading.Thread(target=self._read_logs, name="tritonserver-logs", daemon=True)
+        self._reader.start()
+        self.wait_ready()
+        return self
+
+    def _read_logs(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        for line in self.process.stdout:
+            self._log_tail.append(line)
+            if self.echo_logs:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+
+    def is_ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=2) as answer:
+                return bool(answer.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def wait_ready(self) -> None:
+        assert self.process is not None
+        deadline = time.monotonic() + self.ready_timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                self._join_reader()
+                raise TritonStartError(
+                    f"tritonserver exited with code {self.process.returncode} before it was ready; log tail:\n"
+                    + self.log_tail()
+                )
+            if self.is_ready():
+                return
+            time.sleep(0.25)
+        self.stop()
+        raise TritonStartError(f"tritonserver not ready after {self.ready_timeout_s:.0f} s; log tail:\n{self.log_tail()}")
+
+    def _join_reader(self) -> None:
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+
+    def send_signal(self, signum: int) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signum)
+
+    def stop(self, timeout_s: float = 30.0) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._join_reader()
+        return self.process.returncode
+
+    def __enter__(self) -> EmbeddedTriton:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run tritonserver (from nvidia-pytriton) on our model repository.")
+    parser.add_argument("--model-repository", type=Path, default=DEFAULT_MODEL_REPOSITORY)
+    parser.add_argument("--model-path", default=str(DEFAULT_MODEL_PATH), help="diffusers folder or hub id (SD_MODEL_PATH)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for all)")
+    parser.add_argument("--http-port", type=int, default=8000)
+    parser.add_argument("--grpc-port", type=int, default=8001)
+    parser.add_argument("--metrics-port", type=int, default=8002)
+    parser.add_argument("--ready-timeout", type=float, default=300.0)
+    args, extra = parser.parse_known_args(argv)
+
+    server = EmbeddedTriton(
+        model_repository=args.model_repository.resolve(),
+        model_path=args.model_path,
+        host=args.host,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        ready_timeout_s=args.ready_timeout,
+        echo_logs=True,
+        extra_args=extra,
+    )
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        server.send_signal(signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, forward)
+    try:
+        server.start()
+    except TritonStartError as exc:
+        print(f"\nerror: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"tritonserver ready: HTTP {server.http_url}  gRPC {server.grpc_url}  metrics {server.host}:{server.metrics_port}",
+        flush=True,
+    )
+    assert server.process is not None
+    code = server.process.wait()
+    server._join_reader()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""The diffusers side of the ``sd_img2img`` model: load the pipeline, pick schedulers, run one call.
+
+No Triton imports: ``model.py`` owns the Triton glue, this module owns torch and diffusers.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import StableDiffusionImg2ImgPipeline
+from diffusers.models.autoencoders.vae import DecoderOutput
+
+from img2img_requests import PipelineCall, to_uint8
+
+# Short names accepted besides the diffusers class names (``scheduler`` input).
+SCHEDULER_ALIASES = {
+    "ddim": "DDIMScheduler",
+    "ddpm": "DDPMScheduler",
+    "pndm": "PNDMScheduler",
+    "lms": "LMSDiscreteScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler_a": "EulerAncestralDiscreteScheduler",
+    "heun": "HeunDiscreteScheduler",
+    "dpm++": "DPMSolverMultistepScheduler",
+    "dpm_single": "DPMSolverSinglestepScheduler",
+    "kdpm2": "KDPM2DiscreteScheduler",
+    "kdpm2_a": "KDPM2AncestralDiscreteScheduler",
+    "deis": "DEISMultistepScheduler",
+    "unipc": "UniPCMultistepScheduler",
+}
+# How a call's images relate to the same images computed alone (config parameter "determinism").
+DETERMINISM_MODES = ("batch_invariant", "per_image", "batched")
+# DPMSolverSDE needs torchsde, which we do not ship; EDMEuler expects EDM-parametrised models.
+_UNSUPPORTED_SCHEDULERS = {"DPMSolverSDEScheduler", "EDMEulerScheduler"}
+
+
+def _split_batch(forward: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """Run ``forward`` one sample at a time so each sample's result cannot depend on its batch."""
+
+    @functools.wraps(forward)
+    def per_sample(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if x.shape[0] == 1:
+            return forward(x, *args, **kwargs)
+        return torch.cat([forward(x[i : i + 1], *args, **kwargs) for i in range(x.shape[0])])
+
+    return per_sample
+
+
+def make_batch_invariant(pipe: StableDiffusionImg2ImgPipeline) -> None:
+    """Make every image's pixels independent of the batch it runs in, bit for bit.
+
+    Measured on CPU (torch 2.13): a GEMM or convolution gives a sample different float rounding at a
+    different batch size or position (row-block tails, matrix-vector paths at one row), so every
+    ``Conv2d`` and ``Linear`` of the UNet and text encoder, and the VAE decode, run one sample at a time.
+    Everything else (attention, norms, the per-generator VAE encode and noise, the scheduler) was
+    measured batch-invariant and stays batched. Requests still share one call and its Python overhead.
+    """
+    for model in (pipe.unet, pipe.text_encoder):
+        for module in model.modules():
+            if isinstance(module, torch.nn.Conv2d | torch.nn.Linear):
+                module.forward = _split_batch(module.forward)
+
+    decode = pipe.vae.decode
+
+    def decode_per_sample(z: torch.Tensor, return_dict: bool = True, generator: Any = None) -> Any:
+        images = torch.cat([decode(z[i : i + 1], return_dict=False)[0] for i in range(z.shape[0])])
+        return DecoderOutput(sample=images) if return_dict else (images,)
+
+    pipe.vae.decode = decode_per_sample
+
+
+class Img2ImgRunner:
+    """One loaded pipeline on one device; ``run`` executes one ``PipelineCall``."""
+
+    def __init__(
+        self,
+        model_name_or_path: str,
+        *,
+        device: str,
+        dtype: torch.dtype,
+        determinism: str = "batch_invariant",
+        local_files_only: bool = False,
+    ) -> None:
+        if determinism not in DETERMINISM_MODES:
+            raise ValueError(f"determinism must be one of {DETERMINISM_MODES} but is {determinism!r}")
+        self.determinism = determinism
+        self.device = torch.device(device)
+        self.dtype = dtype
+        pipe = StableDiffusionImg2ImgPipeline.from_pretrained(
+            model_name_or_path,
+            dtype=dtype,
+            safety_checker=None,
+            requires_safety_checker=False,
+            local_files_only=local_files_only,
+        )
+        pipe.set_progress_bar_config(disable=True)
+        self.pipe = pipe.to(self.device)
+        if determinism == "batch_invariant":
+            make_batch_invariant(self.pipe)
+        # Every scheduler is built once from the checkpoint's config, so a request can only name one that works.
+        base = self.pipe.scheduler
+        self._schedulers: dict[str, Any] = {"": base}
+        for cls in (type(base), *base.compatibles):
+            if cls.__name__ not in _UNSUPPORTED_SCHEDULERS:
+                self._schedulers[cls.__name__] = cls.from_config(base.config)
+        for alias, name in SCHEDULER_ALIASES.items():
+            if name in self._schedulers:
+                self._schedulers[alias] = self._schedulers[name]
+
+    @property
+    def scheduler_names(self) -> set[str]:
+        return {name for name in self._schedulers if name}
+
+    @torch.inference_mode()
+    def run(self, call: PipelineCall, should_stop: Callable[[], bool] = lambda: False) -> np.ndarray:
+        """Run ``call``; returns ``[n, H, W, 3]`` uint8 in request order.
+
+        One CPU ``torch.Generator`` per image (seed + i) makes each image depend only on its own seed,
+        on any device (diffusers draws CPU noise and moves it). ``per_image`` runs each image as its own
+        pipeline call, the same computation as a one-image request alone, so it is exact by construction.
+        """
+        prompts, negatives, images, generators = [], [], [], []
+        for request in call.requests:
+            for seed in request.seeds:
+                prompts.append(request.prompt)
+                negatives.append(request.negative_prompt)
+                images.append(request.image)
+                generators.append(torch.Generator("cpu").manual_seed(seed))
+        # NCHW contiguous: a permuted (channels-last) tensor takes other conv kernels whose rounding
+        # differs with the batch, which broke batch invariance in measurement.
+        pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+        pixels = pixels.to(self.device, self.dtype) / 255.0
+
+        self.pipe.scheduler = self._schedulers[call.key.scheduler]
+        if self.determinism != "per_image":
+            return self._generate(call, prompts, negatives, pixels, generators, should_stop)
+        return np.concatenate(
+            [
+                self._generate(call, prompts[i : i + 1], negatives[i : i + 1], pixels[i : i + 1],
+                               generators[i : i + 1], should_stop)
+                for i in range(len(prompts))
+            ]
+        )
+
+    def _generate(
+        self,
+        call: PipelineCall,
+        prompts: list[str],
+        negatives: list[str],
+        pixels: torch.Tensor,
+        generators: list[torch.Generator],
+        should_stop: Callable[[], bool],
+    ) -> np.ndarray:
+        def stop_if_asked(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            if should_stop():
+                pipe._interrupt = True
+            return tensors
+
+        output = self.pipe(
+            prompt=prompts,
+            negative_prompt=negatives,
+            image=pixels,
+            strength=call.key.strength,
+            num_inference_steps=call.key.num_inference_steps,
+            guidance_scale=call.key.guidance_scale,
+            generator=generators,
+            output_type="np",
+            callback_on_step_end=stop_if_asked,
+        )
+        return to_uint8(np.asarray(output.images, dtype=np.float32))

@@ -1,0 +1,168 @@
+"""``model.py`` under a fake ``triton_python_backend_utils``, running the real tiny pipeline."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from . import fake_pb_utils as pb
+
+MODEL_DIR = Path(__file__).resolve().parents[2] / "model_repository" / "sd_img2img"
+CONFIG = MODEL_DIR / "config.pbtxt"
+
+
+def model_config(**parameters: str) -> dict[str, Any]:
+    values = {"determinism": "batch_invariant", "max_images_per_call": "16"} | parameters
+    return {"name": "sd_img2img", "parameters": {k: {"string_value": v} for k, v in values.items()}}
+
+
+@pytest.fixture(scope="module")
+def model_module() -> Iterator[Any]:
+    sys.modules["triton_python_backend_utils"] = pb.as_module()
+    spec = importlib.util.spec_from_file_location("sd_img2img_model", MODEL_DIR / "1" / "model.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop("triton_python_backend_utils", None)
+
+
+@pytest.fixture(scope="module")
+def model(model_module: Any, tiny_model_path: Path, monkeypatch_module: pytest.MonkeyPatch) -> Any:
+    monkeypatch_module.setenv("SD_MODEL_PATH", str(tiny_model_path))
+    instance = model_module.TritonPythonModel()
+    instance.initialize(
+        {"model_config": json.dumps(model_config()), "model_name": "sd_img2img", "model_instance_kind": "CPU"}
+    )
+    return instance
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module() -> Iterator[pytest.MonkeyPatch]:
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+IMAGE = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+
+
+def request(*, seed: int = 1, size: int = 16, n: int = 1, strength: float = 0.5, cancelled: bool = False,
+            **extra: np.ndarray) -> pb.InferenceRequest:
+    image = IMAGE if size == 16 else np.resize(IMAGE, (size, size, 3))
+    inputs = {
+        "prompt": np.array([[b"a cat"]], dtype=object),
+        "image": image[np.newaxis],
+        "strength": np.array([[strength]], np.float32),
+        "num_inference_steps": np.array([[4]], np.int32),
+        "num_images_per_prompt": np.array([[n]], np.int32),
+        "seed": np.array([[seed]], np.int64),
+    } | extra
+    return pb.InferenceRequest(inputs, cancelled)
+
+
+def test_one_response_per_request_in_order_with_right_shapes(model: Any) -> None:
+    responses = model.execute([request(seed=5, n=2), request(size=24, seed=9), request(seed=11)])
+    assert len(responses) == 3 and all(r.error is None for r in responses)
+    assert responses[0].output("images").shape == (1, 2, 16, 16, 3)
+    assert responses[0].output("seeds").tolist() == [[5, 6]]
+    assert responses[1].output("images").shape == (1, 1, 24, 24, 3)
+    assert responses[2].output("seeds").tolist() == [[11]]
+
+
+def test_bad_request_gets_invalid_arg_and_neighbours_succeed(model: Any) -> None:
+    responses = model.execute([request(seed=1), request(strength=1.5), request(seed=2)])
+    assert responses[0].error is None and responses[2].error is None
+    assert responses[1].error.code() == pb.TritonError.INVALID_ARG
+    assert responses[1].error.message() == "invalid input 'strength': must be in [0.0, 1.0] but is 1.5"
+
+
+def test_compatible_requests_share_one_pipeline_call(model: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[list[int]] = []
+    run = model.runner.run
+
+    def counting_run(call: Any, should_stop: Any = None) -> np.ndarray:
+        calls.append([r.index for r in call.requests])
+        return run(call, should_stop)
+
+    monkeypatch.setattr(model.runner, "run", counting_run)
+    responses = model.execute([request(seed=1), request(size=24), request(seed=3), request(seed=4, strength=0.75)])
+    assert all(r.error is None for r in responses)
+    assert calls == [[0, 2], [1], [3]]
+
+
+def test_a_failing_call_fails_only_its_own_requests(model: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = model.runner.run
+
+    def failing_for_24px(call: Any, should_stop: Any = None) -> np.ndarray:
+        if call.key.height == 24:
+            raise RuntimeError("out of memory")
+        return run(call, should_stop)
+
+    monkeypatch.setattr(model.runner, "run", failing_for_24px)
+    responses = model.execute([request(seed=1), request(size=24), request(seed=3)])
+    assert responses[0].error is None and responses[2].error is None
+    assert responses[1].error.code() == pb.TritonError.INTERNAL
+    assert "out of memory" in responses[1].error.message()
+
+
+def test_cancelled_request_is_answered_cancelled_and_others_run(model: Any) -> None:
+    responses = model.execute([request(seed=1, cancelled=True), request(seed=2)])
+    assert responses[0].error.code() == pb.TritonError.CANCELLED
+    assert responses[1].error is None
+
+
+def make_model(module: Any, **parameters: str) -> Any:
+    instance = module.TritonPythonModel()
+    config = model_config(**parameters)
+    instance.initialize({"model_config": json.dumps(config), "model_name": "m", "model_instance_kind": "CPU"})
+    return instance
+
+
+@pytest.mark.parametrize("determinism", ["batch_invariant", "per_image"])
+@pytest.mark.parametrize("size", [16, 24, 64])
+def test_images_do_not_depend_on_batch_neighbours_or_position(
+    model_module: Any, tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch, determinism: str, size: int
+) -> None:
+    monkeypatch.setenv("SD_MODEL_PATH", str(tiny_model_path))
+    model = make_model(model_module, determinism=determinism)
+    probe = {"seed": 42, "size": size, "n": 2}
+    alone = model.execute([request(**probe)])[0].output("images")
+    first = model.execute([request(**probe), request(seed=7, size=size), request(seed=8, n=3, size=size)])
+    last = model.execute([request(seed=3, n=3, size=size), request(seed=4, size=size), request(**probe)])
+    assert alone.tobytes() == first[0].output("images").tobytes() == last[2].output("images").tobytes()
+    other = model.execute([request(seed=43, size=size)])[0].output("images")
+    assert alone[0, 0].tobytes() != other[0, 0].tobytes()
+
+
+def test_config_parameters_reach_the_model(model_module: Any, tiny_model_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SD_MODEL_PATH", str(tiny_model_path))
+    instance = make_model(model_module, max_image_side="32", max_images_per_prompt="2", max_images_per_call="2")
+    responses = instance.execute([request(size=40), request(n=3)])
+    assert "height must be in [8, 32] but is 40" in responses[0].error.message()
+    assert "[1, 2] but is 3" in responses[1].error.message()
+
+
+@pytest.mark.parametrize(
+    ("parameters", "named"),
+    [({"default_scheduler": "nope"}, "default_scheduler"), ({"determinism": "maybe"}, "determinism"),
+     ({"dtype": "int8"}, "dtype"), ({"max_images_per_call": "2"}, "max_images_per_call")],
+)
+def test_bad_config_fails_initialize(model_module: Any, tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                     parameters: dict[str, str], named: str) -> None:
+    monkeypatch.setenv("SD_MODEL_PATH", str(tiny_model_path))
+    with pytest.raises(pb.TritonModelException, match=named):
+        make_model(model_module, **parameters)
+
+
+def test_shipped_config_declares_every_input_the_model_reads(model_module: Any) -> None:
+    text = CONFIG.read_text()
+    for name in model_module.INPUT_NAMES:
+        assert f'name: "{name}"' in text
