@@ -9,7 +9,7 @@ TRITON_ARGS ?=
 SETUP_STAMP := $(VENV)/.setup-stamp
 MODEL_STAMP := $(MODEL_DIR)/tiny_model_build.json
 
-.PHONY: setup model triton serve test lint clean
+.PHONY: setup model triton serve test lint bench-batching clean
 
 setup: $(SETUP_STAMP)
 
@@ -32,13 +32,16 @@ triton: model
 
 serve: triton
 
-test: model
+test: model lint
 	$(PY) -m pytest
+
+bench-batching: model
+	$(PY) -m bench.batching
 
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy embedded model_repository/sd_img2img/1
+	$(VENV)/bin/mypy embedded bench model_repository/sd_img2img/1
 
 clean:
 	rm -rf .build .models

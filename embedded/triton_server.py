@@ -22,7 +22,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import FrameType
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL_REPOSITORY = REPO_ROOT / "model_repository"
@@ -175,7 +175,9 @@ class EmbeddedTriton:
                 return
             time.sleep(0.25)
         self.stop()
-        raise TritonStartError(f"tritonserver not ready after {self.ready_timeout_s:.0f} s; log tail:\n{self.log_tail()}")
+        raise TritonStartError(
+            f"tritonserver not ready after {self.ready_timeout_s:.0f} s; log tail:\n{self.log_tail()}"
+        )
 
     def _join_reader(self) -> None:
         if self._reader is not None:
@@ -208,7 +210,9 @@ class EmbeddedTriton:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run tritonserver (from nvidia-pytriton) on our model repository.")
     parser.add_argument("--model-repository", type=Path, default=DEFAULT_MODEL_REPOSITORY)
-    parser.add_argument("--model-path", default=str(DEFAULT_MODEL_PATH), help="diffusers folder or hub id (SD_MODEL_PATH)")
+    parser.add_argument(
+        "--model-path", default=str(DEFAULT_MODEL_PATH), help="diffusers folder or hub id (SD_MODEL_PATH)"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for all)")
     parser.add_argument("--http-port", type=int, default=8000)
     parser.add_argument("--grpc-port", type=int, default=8001)
@@ -239,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nerror: {exc}", file=sys.stderr)
         return 1
     print(
-        f"tritonserver ready: HTTP {server.http_url}  gRPC {server.grpc_url}  metrics {server.host}:{server.metrics_port}",
+        f"tritonserver ready: HTTP {server.http_url}  gRPC {server.grpc_url}  "
+        f"metrics {server.host}:{server.metrics_port}",
         flush=True,
     )
     assert server.process is not None

@@ -1,15 +1,14 @@
-"""Talking to the real tritonserver from tests: inputs for every tensor, one sync client per thread."""
+"""Helpers for tests against the real tritonserver."""
 
 from __future__ import annotations
 
 import socket
-import time
-from dataclasses import dataclass
-import numpy as np
-import tritonclient.http as triton_http
-from tritonclient.utils import InferenceServerException
 
-MODEL = "sd_img2img"
+import numpy as np
+
+from embedded.triton_calls import Answer, Caller, Img2Img
+
+__all__ = ["Answer", "Caller", "Img2Img", "free_port", "random_image"]
 
 
 def free_port() -> int:
@@ -20,75 +19,3 @@ def free_port() -> int:
 
 def random_image(size: tuple[int, int] = (64, 64), seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)
-
-
-@dataclass(frozen=True)
-class Img2Img:
-    """One request. Every input is always sent: Triton batches only requests with the same input set."""
-
-    image: np.ndarray
-    prompt: str = "a photo of an astronaut riding a horse on mars"
-    negative_prompt: str = ""
-    strength: float = 0.5
-    num_inference_steps: int = 4
-    guidance_scale: float = 7.5
-    num_images_per_prompt: int = 1
-    seed: int = 120
-    scheduler: str = ""
-
-    def inputs(self) -> list[triton_http.InferInput]:
-        tensors: list[tuple[str, np.ndarray, str]] = [
-            ("prompt", np.array([[self.prompt.encode()]], dtype=object), "BYTES"),
-            ("image", self.image[np.newaxis], "UINT8"),
-            ("negative_prompt", np.array([[self.negative_prompt.encode()]], dtype=object), "BYTES"),
-            ("strength", np.array([[self.strength]], np.float32), "FP32"),
-            ("num_inference_steps", np.array([[self.num_inference_steps]], np.int32), "INT32"),
-            ("guidance_scale", np.array([[self.guidance_scale]], np.float32), "FP32"),
-            ("num_images_per_prompt", np.array([[self.num_images_per_prompt]], np.int32), "INT32"),
-            ("seed", np.array([[self.seed]], np.int64), "INT64"),
-            ("scheduler", np.array([[self.scheduler.encode()]], dtype=object), "BYTES"),
-        ]
-        inputs = []
-        for name, array, datatype in tensors:
-            tensor = triton_http.InferInput(name, list(array.shape), datatype)
-            tensor.set_data_from_numpy(array, binary_data=True)
-            inputs.append(tensor)
-        return inputs
-
-
-@dataclass
-class Answer:
-    images: np.ndarray | None = None
-    seeds: np.ndarray | None = None
-    status: str | None = None  # tritonclient's status ("400", "503", ...) when it failed
-    message: str = ""
-    seconds: float = 0.0
-
-
-class Caller:
-    """A fresh sync client per call: they are gevent-based, not thread-safe, and must close on their thread."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-
-    def _client(self) -> triton_http.InferenceServerClient:
-        return triton_http.InferenceServerClient(self.url, network_timeout=300, connection_timeout=300)
-
-    def send(self, request: Img2Img) -> Answer:
-        client = self._client()
-        start = time.perf_counter()
-        try:
-            result = client.infer(MODEL, request.inputs())
-        except InferenceServerException as exc:
-            return Answer(status=str(exc.status()), message=exc.message() or "", seconds=time.perf_counter() - start)
-        finally:
-            client.close()
-        return Answer(result.as_numpy("images"), result.as_numpy("seeds"), seconds=time.perf_counter() - start)
-
-    def stats(self) -> dict[str, int]:
-        client = self._client()
-        try:
-            model_stats = client.get_inference_statistics(MODEL)["model_stats"][0]
-        finally:
-            client.close()
-        return {key: int(model_stats[key]) for key in ("inference_count", "execution_count")}

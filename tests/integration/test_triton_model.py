@@ -130,7 +130,9 @@ def test_batched_mode_moves_pixels_by_at_most_one(tmp_path: Path, tiny_model_pat
     server = start_triton(repository, tiny_model_path)
     try:
         caller = Caller(server.http_url)
-        probes = [Img2Img(random_image(seed=300 + i), seed=300 + i, num_inference_steps=8, strength=0.75) for i in range(4)]
+        probes = [
+            Img2Img(random_image(seed=300 + i), seed=300 + i, num_inference_steps=8, strength=0.75) for i in range(4)
+        ]
         alone = [caller.send(p) for p in probes]
         batched = send_all(caller, [Img2Img(random_image(seed=i), seed=i) for i in range(6)] + probes)[6:]
     finally:

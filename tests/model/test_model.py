@@ -53,8 +53,9 @@ def monkeypatch_module() -> Iterator[pytest.MonkeyPatch]:
 IMAGE = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
 
 
-def request(*, seed: int = 1, size: int = 16, n: int = 1, strength: float = 0.5, cancelled: bool = False,
-            **extra: np.ndarray) -> pb.InferenceRequest:
+def request(
+    *, seed: int = 1, size: int = 16, n: int = 1, strength: float = 0.5, cancelled: bool = False, **extra: np.ndarray
+) -> pb.InferenceRequest:
     image = IMAGE if size == 16 else np.resize(IMAGE, (size, size, 3))
     inputs = {
         "prompt": np.array([[b"a cat"]], dtype=object),
@@ -141,8 +142,9 @@ def test_images_do_not_depend_on_batch_neighbours_or_position(
     assert alone[0, 0].tobytes() != other[0, 0].tobytes()
 
 
-def test_config_parameters_reach_the_model(model_module: Any, tiny_model_path: Path,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_config_parameters_reach_the_model(
+    model_module: Any, tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("SD_MODEL_PATH", str(tiny_model_path))
     instance = make_model(model_module, max_image_side="32", max_images_per_prompt="2", max_images_per_call="2")
     responses = instance.execute([request(size=40), request(n=3)])
@@ -152,11 +154,16 @@ def test_config_parameters_reach_the_model(model_module: Any, tiny_model_path: P
 
 @pytest.mark.parametrize(
     ("parameters", "named"),
-    [({"default_scheduler": "nope"}, "default_scheduler"), ({"determinism": "maybe"}, "determinism"),
-     ({"dtype": "int8"}, "dtype"), ({"max_images_per_call": "2"}, "max_images_per_call")],
+    [
+        ({"default_scheduler": "nope"}, "default_scheduler"),
+        ({"determinism": "maybe"}, "determinism"),
+        ({"dtype": "int8"}, "dtype"),
+        ({"max_images_per_call": "2"}, "max_images_per_call"),
+    ],
 )
-def test_bad_config_fails_initialize(model_module: Any, tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                     parameters: dict[str, str], named: str) -> None:
+def test_bad_config_fails_initialize(
+    model_module: Any, tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch, parameters: dict[str, str], named: str
+) -> None:
     monkeypatch.setenv("SD_MODEL_PATH", str(tiny_model_path))
     with pytest.raises(pb.TritonModelException, match=named):
         make_model(model_module, **parameters)

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from img2img_requests import (
     MAX_SEED,
     Defaults,
@@ -58,8 +59,9 @@ def test_valid_request_is_parsed() -> None:
 
 def test_omitted_optional_inputs_take_diffusers_defaults() -> None:
     only_required = {"prompt": np.array([[b"x"]], dtype=object), "image": np.zeros((1, 8, 8, 3), np.uint8)}
-    request = check_inputs(0, only_required, defaults=Defaults(), limits=Limits(), schedulers=SCHEDULERS,
-                           seed_source=lambda: 1234)
+    request = check_inputs(
+        0, only_required, defaults=Defaults(), limits=Limits(), schedulers=SCHEDULERS, seed_source=lambda: 1234
+    )
     assert (request.strength, request.num_inference_steps, request.guidance_scale) == (0.8, 50, 7.5)
     assert request.num_images_per_prompt == 1 and request.negative_prompt == "" and request.scheduler == ""
     assert request.seed == 1234

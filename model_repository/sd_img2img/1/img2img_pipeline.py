@@ -50,7 +50,7 @@ def _split_batch(forward: Callable[..., torch.Tensor]) -> Callable[..., torch.Te
     return per_sample
 
 
-def make_batch_invariant(pipe: StableDiffusionImg2ImgPipeline) -> None:
+def make_batch_invariant(pipe: Any) -> None:
     """Make every image's pixels independent of the batch it runs in, bit for bit.
 
     Measured on CPU (torch 2.13): a GEMM or convolution gives a sample different float rounding at a
@@ -62,7 +62,7 @@ def make_batch_invariant(pipe: StableDiffusionImg2ImgPipeline) -> None:
     for model in (pipe.unet, pipe.text_encoder):
         for module in model.modules():
             if isinstance(module, torch.nn.Conv2d | torch.nn.Linear):
-                module.forward = _split_batch(module.forward)
+                module.forward = _split_batch(module.forward)  # type: ignore[method-assign]
 
     decode = pipe.vae.decode
 
@@ -140,8 +140,14 @@ class Img2ImgRunner:
             return self._generate(call, prompts, negatives, pixels, generators, should_stop)
         return np.concatenate(
             [
-                self._generate(call, prompts[i : i + 1], negatives[i : i + 1], pixels[i : i + 1],
-                               generators[i : i + 1], should_stop)
+                self._generate(
+                    call,
+                    prompts[i : i + 1],
+                    negatives[i : i + 1],
+                    pixels[i : i + 1],
+                    generators[i : i + 1],
+                    should_stop,
+                )
                 for i in range(len(prompts))
             ]
         )

@@ -219,9 +219,7 @@ def check_inputs(
         raise InvalidInput("guidance_scale", f"must be in [0.0, {limits.max_guidance_scale}] but is {guidance}")
     count = _integer(arrays, "num_images_per_prompt", defaults.num_images_per_prompt)
     if not 1 <= count <= limits.max_images_per_prompt:
-        raise InvalidInput(
-            "num_images_per_prompt", f"must be in [1, {limits.max_images_per_prompt}] but is {count}"
-        )
+        raise InvalidInput("num_images_per_prompt", f"must be in [1, {limits.max_images_per_prompt}] but is {count}")
     seed = _integer(arrays, "seed", SEED_RANDOM)
     if seed == SEED_RANDOM:
         seed = seed_source()

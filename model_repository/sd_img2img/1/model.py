@@ -85,7 +85,9 @@ class TritonPythonModel:
         elif dtype_name in {"float16", "bfloat16", "float32"}:
             dtype = getattr(torch, dtype_name)
         else:
-            raise pb_utils.TritonModelException(f"parameter dtype must be auto, float16, bfloat16 or float32 but is {dtype_name!r}")
+            raise pb_utils.TritonModelException(
+                f"parameter dtype must be auto, float16, bfloat16 or float32 but is {dtype_name!r}"
+            )
 
         model_path = os.environ.get(MODEL_PATH_ENV) or _parameter(
             config, "model_name_or_path", "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -121,7 +123,8 @@ class TritonPythonModel:
         self.schedulers = self.runner.scheduler_names
         if self.defaults.scheduler and self.defaults.scheduler not in self.schedulers:
             raise pb_utils.TritonModelException(
-                f"parameter default_scheduler must be one of {sorted(self.schedulers)} but is {self.defaults.scheduler!r}"
+                f"parameter default_scheduler must be one of {sorted(self.schedulers)}"
+                f" but is {self.defaults.scheduler!r}"
             )
 
     def execute(self, requests: list[Any]) -> list[Any]:
@@ -130,8 +133,15 @@ class TritonPythonModel:
         valid: list[Img2ImgRequest] = []
         for index, request in enumerate(requests):
             try:
-                valid.append(check_inputs(index, self._read_inputs(request), defaults=self.defaults,
-                                          limits=self.limits, schedulers=self.schedulers))
+                valid.append(
+                    check_inputs(
+                        index,
+                        self._read_inputs(request),
+                        defaults=self.defaults,
+                        limits=self.limits,
+                        schedulers=self.schedulers,
+                    )
+                )
             except InvalidInput as exc:
                 responses[index] = self._error(str(exc), pb_utils.TritonError.INVALID_ARG)
 
