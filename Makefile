@@ -30,7 +30,9 @@ $(MODEL_STAMP): $(SETUP_STAMP) embedded/tiny_model.py
 triton: model
 	$(PY) -m embedded.triton_server --model-path $(MODEL_DIR) $(TRITON_ARGS)
 
-serve: triton
+# Triton (tiny model) + the frontend on :8080. SD_API_KEYS unset: a dev key is generated and printed.
+serve: model
+	$(PY) -m embedded.stack --model-path $(MODEL_DIR)
 
 test: model lint
 	$(PY) -m pytest

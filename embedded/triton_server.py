@@ -94,6 +94,7 @@ class EmbeddedTriton:
     build_dir: Path = DEFAULT_BUILD_DIR
     ready_timeout_s: float = 300.0
     echo_logs: bool = False
+    log_file: Path | None = None
     extra_args: list[str] = field(default_factory=list)
     process: subprocess.Popen[str] | None = field(default=None, init=False)
     _log_tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=LOG_TAIL_LINES))
@@ -148,11 +149,19 @@ class EmbeddedTriton:
 
     def _read_logs(self) -> None:
         assert self.process is not None and self.process.stdout is not None
-        for line in self.process.stdout:
-            self._log_tail.append(line)
-            if self.echo_logs:
-                sys.stdout.write(line)
-                sys.stdout.flush()
+        sink = self.log_file.open("a") if self.log_file is not None else None
+        try:
+            for line in self.process.stdout:
+                self._log_tail.append(line)
+                if sink is not None:
+                    sink.write(line)
+                    sink.flush()
+                if self.echo_logs:
+                    sys.stdout.write(line)
+                    sys.stdout.flush()
+        finally:
+            if sink is not None:
+                sink.close()
 
     def is_ready(self) -> bool:
         try:

@@ -1,8 +1,9 @@
-"""Shared fixtures: the tiny model folder and the model repository's helpers on ``sys.path``."""
+"""Session fixtures: the tiny model, one real tritonserver, the repository's helpers on ``sys.path``."""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,10 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODEL_VERSION_DIR = REPO_ROOT / "model_repository" / "sd_img2img" / "1"
 sys.path.insert(0, str(MODEL_VERSION_DIR))  # img2img_requests / img2img_pipeline, as the stub sees them
+
+from embedded.triton_server import DEFAULT_MODEL_REPOSITORY, EmbeddedTriton  # noqa: E402
+
+from .support import start_triton  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -20,3 +25,11 @@ def tiny_model_path() -> Path:
 
     build(DEFAULT_MODEL_PATH)
     return DEFAULT_MODEL_PATH
+
+
+@pytest.fixture(scope="session")
+def triton(tiny_model_path: Path) -> Iterator[EmbeddedTriton]:
+    """One real tritonserver on free ports, shared by the integration and end-to-end tests."""
+    server = start_triton(DEFAULT_MODEL_REPOSITORY, tiny_model_path)
+    yield server
+    server.stop()

@@ -12,8 +12,9 @@ import pytest
 
 from embedded.triton_server import EmbeddedTriton
 
-from .conftest import copy_repository, start_triton
-from .helpers import Answer, Caller, Img2Img, random_image
+from embedded.triton_calls import Answer, Caller, Img2Img
+
+from ..support import copy_repository, random_image, start_triton
 
 pytestmark = pytest.mark.integration
 

@@ -147,9 +147,11 @@ def test_config_parameters_reach_the_model(
 ) -> None:
     monkeypatch.setenv("SD_MODEL_PATH", str(tiny_model_path))
     instance = make_model(model_module, max_image_side="32", max_images_per_prompt="2", max_images_per_call="2")
-    responses = instance.execute([request(size=40), request(n=3)])
-    assert "height must be in [8, 32] but is 40" in responses[0].error.message()
+    responses = instance.execute([request(size=40), request(n=3), request(size=8)])
+    assert "height must be in [16, 32] but is 40" in responses[0].error.message()
     assert "[1, 2] but is 3" in responses[1].error.message()
+    # The tiny UNet halves an 8x-downscaled latent once: below 16 px its GroupNorms would see 1x1 maps.
+    assert "height must be in [16, 32] but is 8" in responses[2].error.message()
 
 
 @pytest.mark.parametrize(

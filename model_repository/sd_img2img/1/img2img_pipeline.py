@@ -112,6 +112,12 @@ class Img2ImgRunner:
                 self._schedulers[alias] = self._schedulers[name]
 
     @property
+    def min_image_side(self) -> int:
+        """The UNet halves the latent once per down block; below this its GroupNorms see a 1x1 map."""
+        scale = 2 ** (len(self.pipe.vae.config.block_out_channels) - 1)
+        return int(scale * 2 ** (len(self.pipe.unet.config.block_out_channels) - 1))
+
+    @property
     def scheduler_names(self) -> set[str]:
         return {name for name in self._schedulers if name}
 

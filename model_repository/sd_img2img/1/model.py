@@ -93,16 +93,12 @@ class TritonPythonModel:
             config, "model_name_or_path", "stable-diffusion-v1-5/stable-diffusion-v1-5"
         )
         self.defaults = Defaults(scheduler=_parameter(config, "default_scheduler", ""))
-        self.limits = Limits(
-            max_image_side=int(_parameter(config, "max_image_side", "1024")),
-            max_images_per_prompt=int(_parameter(config, "max_images_per_prompt", "8")),
-            max_inference_steps=int(_parameter(config, "max_inference_steps", "500")),
-        )
+        max_images_per_prompt = int(_parameter(config, "max_images_per_prompt", "8"))
         self.max_images_per_call = int(_parameter(config, "max_images_per_call", "16"))
-        if self.max_images_per_call < self.limits.max_images_per_prompt:
+        if self.max_images_per_call < max_images_per_prompt:
             raise pb_utils.TritonModelException(
                 f"parameter max_images_per_call ({self.max_images_per_call}) must be at least "
-                f"max_images_per_prompt ({self.limits.max_images_per_prompt})"
+                f"max_images_per_prompt ({max_images_per_prompt})"
             )
         determinism = _parameter(config, "determinism", "batch_invariant")
         if determinism not in DETERMINISM_MODES:
@@ -121,6 +117,12 @@ class TritonPythonModel:
             local_files_only=_flag(_parameter(config, "local_files_only", "false")),
         )
         self.schedulers = self.runner.scheduler_names
+        self.limits = Limits(
+            min_image_side=self.runner.min_image_side,
+            max_image_side=int(_parameter(config, "max_image_side", "1024")),
+            max_images_per_prompt=max_images_per_prompt,
+            max_inference_steps=int(_parameter(config, "max_inference_steps", "500")),
+        )
         if self.defaults.scheduler and self.defaults.scheduler not in self.schedulers:
             raise pb_utils.TritonModelException(
                 f"parameter default_scheduler must be one of {sorted(self.schedulers)}"

@@ -1,0 +1,71 @@
+"""``make serve``: the embedded Triton (tiny model) and the frontend, in one foreground command.
+
+Settings come from ``SD_*`` variables as in production; what a dev machine lacks is filled in and
+printed: an API key (``SD_API_KEYS``), a webhook secret (``SD_WEBHOOK_SECRET``) and the Triton URL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import secrets
+import sys
+from pathlib import Path
+
+from embedded.tiny_model import build
+from embedded.triton_server import DEFAULT_MODEL_PATH, EmbeddedTriton, TritonStartError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--model-path", default=str(DEFAULT_MODEL_PATH))
+    parser.add_argument("--triton-http-port", type=int, default=8000)
+    parser.add_argument("--triton-grpc-port", type=int, default=8001)
+    parser.add_argument("--triton-metrics-port", type=int, default=8002)
+    args = parser.parse_args(argv)
+
+    if Path(args.model_path) == DEFAULT_MODEL_PATH:
+        build(DEFAULT_MODEL_PATH)
+    log_path = Path(".build") / "triton.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    triton = EmbeddedTriton(
+        model_path=args.model_path,
+        http_port=args.triton_http_port,
+        grpc_port=args.triton_grpc_port,
+        metrics_port=args.triton_metrics_port,
+        log_file=log_path,
+    )
+    print(f"starting tritonserver (log: {log_path}) ...", flush=True)
+    try:
+        triton.start()
+    except TritonStartError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+    notes = []
+    os.environ.setdefault("SD_TRITON_URL", triton.grpc_url)
+    if not os.environ.get("SD_API_KEYS"):
+        os.environ["SD_API_KEYS"] = "sk-dev-" + secrets.token_urlsafe(24)
+        notes.append(f"API key (dev, generated):     {os.environ['SD_API_KEYS']}")
+    if not os.environ.get("SD_WEBHOOK_SECRET"):
+        os.environ["SD_WEBHOOK_SECRET"] = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+        notes.append(f"webhook secret (dev, generated): {os.environ['SD_WEBHOOK_SECRET']}")
+
+    from frontend.__main__ import main as frontend_main
+    from frontend.settings import Settings
+
+    settings = Settings()
+    print(f"tritonserver ready: HTTP {triton.http_url}  gRPC {triton.grpc_url}", flush=True)
+    for note in notes:
+        print(note, flush=True)
+    print(f"frontend: http://{settings.host}:{settings.port}  (POST /predict, GET /runs/ID, /readyz, /metrics)", flush=True)
+    try:
+        frontend_main()
+    finally:
+        triton.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

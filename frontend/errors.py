@@ -1,0 +1,103 @@
+"""Domain errors and the one table that maps them to HTTP statuses and JSON bodies.
+
+Every error answer has the shape ``{"error": {"code", "message", "param"}}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ApiError(Exception):
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message, "param": self.param}}
+
+
+class InvalidJson(ApiError):
+    status, code = 400, "invalid_json"
+
+
+class InvalidRequest(ApiError):
+    """A field is missing, of the wrong type or out of bounds; ``param`` names it."""
+
+    status, code = 422, "invalid_request"
+
+
+class UnsupportedImage(ApiError):
+    """The bytes are not an image format we accept."""
+
+    status, code = 415, "unsupported_image"
+
+
+class InvalidImage(ApiError):
+    """An accepted format that cannot be decoded (truncated, corrupt, a decompression bomb)."""
+
+    status, code = 422, "invalid_image"
+
+
+class FileUrlFailed(ApiError):
+    """``file_url`` was refused by policy or could not be fetched."""
+
+    status, code = 422, "file_url_failed"
+
+
+class PayloadTooLarge(ApiError):
+    status, code = 413, "payload_too_large"
+
+
+class Unauthorized(ApiError):
+    status, code = 401, "unauthorized"
+
+
+class NotFound(ApiError):
+    status, code = 404, "not_found"
+
+
+class MethodNotAllowed(ApiError):
+    status, code = 405, "method_not_allowed"
+
+
+class BackendUnavailable(ApiError):
+    """Triton is down, not ready, or its queue is full: try again later."""
+
+    status, code = 503, "backend_unavailable"
+
+    def __init__(self, message: str, *, retry_after_s: int = 5) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
+class BackendTimeout(ApiError):
+    status, code = 504, "backend_timeout"
+
+
+class GenerationFailed(ApiError):
+    status, code = 500, "generation_failed"
+
+
+# The table, for the docs and the OpenAPI document: (status, code, meaning).
+ERROR_TABLE: list[tuple[int, str, str]] = [
+    (cls.status, cls.code, (cls.__doc__ or cls.__name__).strip().splitlines()[0])
+    for cls in (
+        InvalidJson,
+        InvalidRequest,
+        UnsupportedImage,
+        InvalidImage,
+        FileUrlFailed,
+        PayloadTooLarge,
+        Unauthorized,
+        NotFound,
+        MethodNotAllowed,
+        BackendUnavailable,
+        BackendTimeout,
+        GenerationFailed,
+    )
+]

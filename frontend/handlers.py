@@ -1,0 +1,101 @@
+"""Thin handlers: parse, call the run service, shape the answer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import numpy as np
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from .errors import BackendUnavailable, InvalidJson, NotFound
+from .generation import GenerationInput
+from .keys import BACKEND, METRICS, READINESS, RUNS, SETTINGS, STORE
+from .middlewares import KEY_HASH
+from .openapi import openapi_document
+from .runs import ACCEPTED_MESSAGE, run_view
+from .schemas import parse_body
+
+
+async def read_json(request: web.Request) -> Any:
+    text = await request.text()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidJson(
+            f"the body is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno} (character {exc.pos})"
+        ) from None
+
+
+async def predict(request: web.Request) -> web.Response:
+    runs = request.app[RUNS]
+    body = parse_body(await read_json(request), request.app[SETTINGS])
+    prepared = await runs.prepare(body)
+    await runs.create(prepared, request[KEY_HASH])
+    task = runs.start(prepared.run_id, prepared.params, prepared.image, prepared.webhook_endpoint)
+    if prepared.webhook_endpoint is not None:
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        answer: dict[str, Any] = {"run_id": prepared.run_id, "message": ACCEPTED_MESSAGE, "status": "queued"}
+        if prepared.warnings:
+            answer["warnings"] = prepared.warnings
+        return web.json_response(answer, status=202, headers={"Location": f"/runs/{prepared.run_id}"})
+    # Shielded: if the client hangs up, the run still finishes and is stored.
+    return web.json_response(await asyncio.shield(task))
+
+
+async def get_run(request: web.Request) -> web.Response:
+    run_id = request.match_info["run_id"]
+    run = await request.app[RUNS].get(run_id, request[KEY_HASH])
+    if run is None:  # also for another key's run: its existence is not ours to reveal
+        raise NotFound(f"no run {run_id!r} for this API key", param="run_id")
+    delivery = await request.app[STORE].delivery_for_run(run_id)
+    return web.json_response(run_view(run, delivery))
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready = Triton says the model is ready *and* a tiny canary inference passes (a dead Python stub
+    leaves Triton's own readiness at 200). Cached briefly so probes do not load the model."""
+    settings, state = request.app[SETTINGS], request.app[READINESS]
+    now = time.monotonic()
+    if now - state.get("checked_at", -1e9) > settings.readyz_cache_s:
+        async with state.setdefault("lock", asyncio.Lock()):
+            if now - state.get("checked_at", -1e9) > settings.readyz_cache_s:
+                state["error"] = await _check_backend(request.app)
+                state["checked_at"] = time.monotonic()
+    if state["error"] is not None:
+        raise BackendUnavailable(f"not ready: {state['error']}")
+    return web.json_response({"status": "ready"})
+
+
+async def _check_backend(app: web.Application) -> str | None:
+    backend, settings = app[BACKEND], app[SETTINGS]
+    if not await backend.is_model_ready():
+        return f"Triton model {settings.triton_model!r} is not ready"
+    canary = GenerationInput(
+        prompt="canary", image=CANARY_IMAGE, strength=1.0, num_inference_steps=1, guidance_scale=1.0, seed=0
+    )
+    try:
+        await backend.generate(canary, timeout_s=settings.canary_timeout_s, request_id="readyz-canary")
+    except Exception as exc:
+        return f"canary inference failed: {getattr(exc, 'message', type(exc).__name__)}"
+    return None
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document(request.app[SETTINGS]))
+
+
+# 64 px: the smallest side SD 1.5's UNet takes (latent 8, halved three times).
+CANARY_IMAGE = np.full((64, 64, 3), 127, dtype=np.uint8)

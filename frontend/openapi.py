@@ -1,0 +1,109 @@
+"""The OpenAPI 3.1 document served at ``/openapi.json``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import ERROR_TABLE
+from .schemas import PredictBody
+from .settings import Settings
+
+ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message", "param"],
+            "properties": {
+                "code": {"type": "string", "enum": sorted({code for _, code, _ in ERROR_TABLE})},
+                "message": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+            },
+        }
+    },
+}
+RESULT_SCHEMA = {
+    "type": "object",
+    "required": ["run_id", "message", "result", "seeds", "run_time_ms"],
+    "properties": {
+        "run_id": {"type": "string", "format": "uuid"},
+        "message": {"type": "string", "const": "Successfully generated image"},
+        "result": {"type": "array", "items": {"type": "string", "contentEncoding": "base64"}},
+        "seeds": {"type": "array", "items": {"type": "integer"}},
+        "run_time_ms": {"type": "integer"},
+        "output_format": {"type": "string", "enum": ["png", "jpeg", "webp"]},
+        "image_source": {"type": "string", "enum": ["image", "file_url"]},
+        "width": {"type": "integer"},
+        "height": {"type": "integer"},
+        "warnings": {"type": "array", "items": {"type": "string"}},
+    },
+}
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for status, code, meaning in ERROR_TABLE:
+        if status in statuses:
+            entry = out.setdefault(str(status), {"description": "", **_json({"$ref": "#/components/schemas/Error"})})
+            entry["description"] = (entry["description"] + f"; {code}: {meaning}").lstrip("; ")
+    return out
+
+
+def openapi_document(settings: Settings) -> dict[str, Any]:
+    body_schema = PredictBody.model_json_schema(ref_template="#/components/schemas/{model}")
+    body_schema["properties"]["num_inference_steps"]["maximum"] = settings.max_inference_steps
+    body_schema["properties"]["guidance_scale"]["maximum"] = settings.max_guidance_scale
+    body_schema["properties"]["num_images_per_prompt"]["maximum"] = settings.max_images_per_prompt
+    body_schema["properties"]["prompt"]["maxLength"] = settings.max_prompt_chars
+    body_schema["properties"]["negative_prompt"]["maxLength"] = settings.max_prompt_chars
+    secured = [{"ApiKey": []}]
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Stable Diffusion img2img", "version": "1.0.0"},
+        "components": {
+            "securitySchemes": {"ApiKey": {"type": "apiKey", "in": "header", "name": "Authorization"}},
+            "schemas": {"PredictBody": body_schema, "Result": RESULT_SCHEMA, "Error": ERROR_SCHEMA},
+        },
+        "paths": {
+            "/predict": {
+                "post": {
+                    "summary": "Generate images from a prompt and an init image",
+                    "security": secured,
+                    "requestBody": {"required": True, **_json({"$ref": "#/components/schemas/PredictBody"})},
+                    "responses": {
+                        "200": {"description": "Generated", **_json({"$ref": "#/components/schemas/Result"})},
+                        "202": {
+                            "description": "Accepted (webhook_endpoint given); the result is POSTed there",
+                            **_json({"type": "object", "required": ["run_id", "message", "status"]}),
+                        },
+                        **_errors(400, 401, 413, 415, 422, 500, 503, 504),
+                    },
+                }
+            },
+            "/runs/{run_id}": {
+                "get": {
+                    "summary": "A run's status and, once done, its result or error",
+                    "security": secured,
+                    "parameters": [{"name": "run_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                    "responses": {
+                        "200": {"description": "The run", **_json({"type": "object", "required": ["run_id", "status"]})},
+                        **_errors(401, 404),
+                    },
+                }
+            },
+            "/healthz": {"get": {"summary": "The process is alive", "responses": {"200": {"description": "alive"}}}},
+            "/readyz": {
+                "get": {
+                    "summary": "Triton's model is ready and a canary inference passes",
+                    "responses": {"200": {"description": "ready"}, **_errors(503)},
+                }
+            },
+            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "metrics"}}}},
+            "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI"}}}},
+        },
+    }

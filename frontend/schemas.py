@@ -1,0 +1,77 @@
+"""The HTTP request schema of ``POST /predict`` (the hosted API's body, plus a few fields beyond it)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import InvalidRequest
+from .settings import Settings
+
+MAX_SEED = 2**53 - 1  # JSON-safe integers
+
+
+class PredictBody(BaseModel):
+    """Bounds that depend on settings are checked in ``check_bounds``."""
+
+    model_config = ConfigDict(extra="forbid", strict=False)
+
+    prompt: str = Field(min_length=1, description="What the images should show.")
+    image: str | None = Field(default=None, description="Init image, base64 or a data: URI. Wins over file_url.")
+    file_url: str | None = Field(default=None, description="http(s) URL of the init image, fetched by the service.")
+    num_inference_steps: int = Field(default=50, ge=1)
+    guidance_scale: float = Field(default=7.5, ge=0.0)
+    num_images_per_prompt: int = Field(default=1, ge=1)
+    negative_prompt: str = ""
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED, description="Same inputs + seed = same images.")
+    webhook_endpoint: str | None = Field(default=None, description="If set: answer 202 and POST the result here.")
+    strength: float = Field(default=0.8, ge=0.0, le=1.0, description="How far from the init image (0..1).")
+    scheduler: str = Field(default="", description="A diffusers scheduler name or alias; empty = model default.")
+    output_format: Literal["png", "jpeg", "webp"] = "png"
+
+    @model_validator(mode="after")
+    def _needs_an_image(self) -> PredictBody:
+        if not self.image and not self.file_url:
+            raise ValueError("one of image (base64) or file_url is required")
+        return self
+
+
+def parse_body(data: Any, settings: Settings) -> PredictBody:
+    """Validate, turning pydantic's errors into one 422 naming the field and echoing the value."""
+    if not isinstance(data, dict):
+        raise InvalidRequest(f"the body must be a JSON object but is {type(data).__name__}")
+    try:
+        body = PredictBody.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        field = ".".join(str(part) for part in error["loc"]) or None
+        shown = repr(error.get("input"))
+        shown = shown if len(shown) <= 80 else shown[:77] + "..."
+        where = f"{field}: " if field else ""
+        value = f" (got {shown})" if field else ""
+        raise InvalidRequest(f"{where}{error['msg']}{value}", param=field) from None
+    check_bounds(body, settings)
+    return body
+
+
+def check_bounds(body: PredictBody, settings: Settings) -> None:
+    limits = [
+        ("num_inference_steps", body.num_inference_steps, settings.max_inference_steps),
+        ("guidance_scale", body.guidance_scale, settings.max_guidance_scale),
+        ("num_images_per_prompt", body.num_images_per_prompt, settings.max_images_per_prompt),
+        ("prompt", len(body.prompt), settings.max_prompt_chars),
+        ("negative_prompt", len(body.negative_prompt), settings.max_prompt_chars),
+    ]
+    for name, value, limit in limits:
+        if value > limit:
+            what = "length" if "prompt" in name else "value"
+            raise InvalidRequest(f"{name}: {what} must be at most {limit} but is {value}", param=name)
+    if body.seed is not None and body.seed + body.num_images_per_prompt - 1 > MAX_SEED:
+        raise InvalidRequest(f"seed: must be at most {MAX_SEED - body.num_images_per_prompt + 1}", param="seed")
+    if int(body.num_inference_steps * body.strength) < 1:
+        raise InvalidRequest(
+            f"num_inference_steps: int(num_inference_steps * strength) must be at least 1 but "
+            f"int({body.num_inference_steps} * {body.strength}) is 0",
+            param="num_inference_steps",
+        )

@@ -1,0 +1,90 @@
+"""Every frontend setting, from ``SD_*`` environment variables (see the README's table).
+
+Built once in ``main()`` and passed to ``create_app``; nothing reads the environment at import time.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SD_", frozen=True, extra="ignore")
+
+    # Serving
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: Path = Path("data")
+    log_level: str = "INFO"
+    shutdown_timeout_s: float = 60.0
+
+    # Auth: several keys at once, for rotation. Compared in constant time.
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+
+    # Triton
+    triton_url: str = "127.0.0.1:8001"  # gRPC
+    triton_model: str = "sd_img2img"
+    triton_timeout_s: float = 300.0
+    readyz_cache_s: float = 5.0
+    canary_timeout_s: float = 10.0
+
+    # Request bounds
+    max_body_bytes: int = 20 * 1024 * 1024
+    max_image_bytes: int = 15 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    max_image_side: int = 1024  # inputs larger than this are resized to fit
+    max_prompt_chars: int = 2000
+    max_inference_steps: int = 150
+    max_guidance_scale: float = 30.0
+    max_images_per_prompt: int = 4
+    png_compress_level: int = Field(default=1, ge=0, le=9)
+    jpeg_quality: int = Field(default=90, ge=1, le=100)
+    webp_quality: int = Field(default=90, ge=1, le=100)
+
+    # file_url fetching
+    fetch_connect_timeout_s: float = 5.0
+    fetch_total_timeout_s: float = 20.0
+    fetch_max_redirects: int = 3
+    # CIDRs that file_url and webhooks may reach although they are not public (tests: 127.0.0.1/32).
+    allow_private_networks: Annotated[list[Network], NoDecode] = Field(default_factory=list)
+
+    # Webhooks (Standard Webhooks signing)
+    webhook_secret: SecretStr | None = None  # "whsec_" + base64; generated for the dev stack
+    webhook_timeout_s: float = 20.0
+    webhook_max_attempts: int = 10
+    webhook_retry_base_s: float = 5.0
+    webhook_retry_max_s: float = 6 * 3600.0
+    webhook_poll_s: float = 1.0
+
+    # An accepted webhook run that finds Triton full or down retries for this long before failing.
+    async_retry_window_s: float = 600.0
+    async_retry_interval_s: float = 2.0
+
+    output_format_default: Literal["png", "jpeg", "webp"] = "png"
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    @field_validator("allow_private_networks", mode="before")
+    @classmethod
+    def _split_networks(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list):
+            return [ipaddress.ip_network(item, strict=False) for item in value]
+        return value
+
+    @property
+    def runs_db(self) -> Path:
+        return self.data_dir / "runs.sqlite3"

@@ -1,0 +1,93 @@
+"""The one module that talks to Triton (gRPC, asyncio) and maps its failures onto our error table."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as grpcaio
+from tritonclient.utils import InferenceServerException
+
+from .errors import ApiError, BackendTimeout, BackendUnavailable, GenerationFailed, InvalidRequest
+from .generation import GenerationInput, Generated
+
+_INVALID_INPUT = re.compile(r"invalid input '(?P<name>\w+)': (?P<detail>.*)", re.DOTALL)
+
+
+def build_inputs(job: GenerationInput) -> list[grpcclient.InferInput]:
+    """Every input, always: Triton batches only requests that carry the same set of inputs."""
+    tensors: list[tuple[str, np.ndarray, str]] = [
+        ("prompt", np.array([[job.prompt.encode()]], dtype=object), "BYTES"),
+        ("image", np.ascontiguousarray(job.image)[np.newaxis], "UINT8"),
+        ("negative_prompt", np.array([[job.negative_prompt.encode()]], dtype=object), "BYTES"),
+        ("strength", np.array([[job.strength]], np.float32), "FP32"),
+        ("num_inference_steps", np.array([[job.num_inference_steps]], np.int32), "INT32"),
+        ("guidance_scale", np.array([[job.guidance_scale]], np.float32), "FP32"),
+        ("num_images_per_prompt", np.array([[job.num_images_per_prompt]], np.int32), "INT32"),
+        ("seed", np.array([[job.seed]], np.int64), "INT64"),
+        ("scheduler", np.array([[job.scheduler.encode()]], dtype=object), "BYTES"),
+    ]
+    inputs = []
+    for name, array, datatype in tensors:
+        tensor = grpcclient.InferInput(name, list(array.shape), datatype)
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    return inputs
+
+
+def map_error(exc: InferenceServerException) -> ApiError:
+    """Triton's answer to our error table; raw Triton text only for the model's own input messages."""
+    status = str(exc.status() or "")
+    message = exc.message() or ""
+    invalid = _INVALID_INPUT.match(message)
+    if invalid:
+        return InvalidRequest(f"{invalid['name']}: {invalid['detail']}", param=invalid["name"])
+    if "DEADLINE_EXCEEDED" in status or "Deadline Exceeded" in message:
+        return BackendTimeout("the model did not answer in time")
+    if "maximum queue size" in message:
+        return BackendUnavailable("the model's queue is full; retry later", retry_after_s=2)
+    if "UNAVAILABLE" in status or "is not healthy" in message or "not ready" in message or "NOT_FOUND" in status:
+        return BackendUnavailable("the model is not available; retry later")
+    if "CANCELLED" in status:
+        return BackendUnavailable("the generation was cancelled; retry")
+    return GenerationFailed("the model failed to generate the images")
+
+
+class TritonBackend:
+    def __init__(self, url: str, model: str, timeout_s: float) -> None:
+        self.url, self.model, self.timeout_s = url, model, timeout_s
+        self._client: grpcaio.InferenceServerClient | None = None
+
+    @property
+    def client(self) -> grpcaio.InferenceServerClient:
+        if self._client is None:
+            self._client = grpcaio.InferenceServerClient(self.url)
+        return self._client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    async def generate(self, job: GenerationInput, *, timeout_s: float | None = None, request_id: str = "") -> Generated:
+        try:
+            result = await self.client.infer(
+                self.model,
+                build_inputs(job),
+                request_id=request_id,
+                client_timeout=timeout_s or self.timeout_s,
+            )
+        except InferenceServerException as exc:
+            raise map_error(exc) from None
+        images = result.as_numpy("images")
+        seeds = result.as_numpy("seeds")
+        if images is None or seeds is None:
+            raise GenerationFailed("the model answered without images")
+        return Generated(images=images[0], seeds=[int(s) for s in seeds[0]])
+
+    async def is_model_ready(self) -> bool:
+        try:
+            return bool(await self.client.is_model_ready(self.model))
+        except InferenceServerException:
+            return False

@@ -1,0 +1,131 @@
+"""Webhook delivery: Standard Webhooks signatures, retries with backoff and jitter, durable outbox."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from datetime import UTC, datetime
+
+import aiohttp
+from standardwebhooks import Webhook
+
+from .metrics import Metrics
+from .netguard import AddressDenied
+from .settings import Settings
+from .store import Delivery, RunStore
+
+log = logging.getLogger("frontend.webhooks")
+RETRY_AFTER_STATUSES = {429, 503}
+
+
+class WebhookSigner:
+    """``webhook-id``, ``webhook-timestamp`` and ``webhook-signature`` (v1, HMAC-SHA256 over id.ts.body)."""
+
+    def __init__(self, secret: str) -> None:
+        self._webhook = Webhook(secret)
+
+    def headers(self, message_id: str, body: str, now: datetime | None = None) -> dict[str, str]:
+        timestamp = now or datetime.now(tz=UTC)
+        return {
+            "webhook-id": message_id,
+            "webhook-timestamp": str(int(timestamp.timestamp())),
+            "webhook-signature": self._webhook.sign(message_id, timestamp, body),
+            "content-type": "application/json",
+        }
+
+
+def backoff_s(attempts: int, base_s: float, max_s: float) -> float:
+    """Exponential with full-range jitter in [0.5, 1.5) so retries from many runs do not align."""
+    return min(max_s, base_s * 2 ** (attempts - 1)) * (0.5 + random.random())  # noqa: S311 - jitter, not crypto
+
+
+def retry_after_s(response: aiohttp.ClientResponse) -> float | None:
+    value = response.headers.get("Retry-After", "")
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+class WebhookDeliverer:
+    """Sends due deliveries from the store; one background task per app."""
+
+    def __init__(
+        self, store: RunStore, session: aiohttp.ClientSession, signer: WebhookSigner, settings: Settings, metrics: Metrics
+    ) -> None:
+        self.store, self.session, self.signer, self.settings, self.metrics = store, session, signer, settings, metrics
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run_forever(self) -> None:
+        while True:
+            try:
+                due = await self.store.due_deliveries(time.time())
+                if due:
+                    await asyncio.gather(*(self.attempt(delivery) for delivery in due))
+                    continue
+                next_at = await self.store.next_delivery_at()
+            except Exception:  # the loop must survive a bad row or a database hiccup
+                log.exception("webhook delivery loop error")
+                next_at = None
+            wait = self.settings.webhook_poll_s if next_at is None else max(0.0, next_at - time.time())
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=min(wait, self.settings.webhook_poll_s))
+
+    async def attempt(self, delivery: Delivery) -> None:
+        attempts = delivery.attempts + 1
+        http_status: int | None = None
+        error: str | None = None
+        retry_after: float | None = None
+        try:
+            timeout = aiohttp.ClientTimeout(total=self.settings.webhook_timeout_s)
+            headers = self.signer.headers(delivery.id, delivery.payload)
+            async with self.session.post(
+                delivery.url, data=delivery.payload.encode(), headers=headers, timeout=timeout, allow_redirects=False
+            ) as response:
+                http_status = response.status
+                if response.status in RETRY_AFTER_STATUSES:
+                    retry_after = retry_after_s(response)
+                # The receiver's body is never read or stored: it is not ours to keep.
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, AddressDenied):
+                await self._finish(delivery, "failed", attempts, None, f"refused by policy: {exc.os_error}")
+                return
+            error = f"connection failed: {exc.os_error}"
+        except TimeoutError:
+            error = f"no answer within {self.settings.webhook_timeout_s:g} s"
+        except aiohttp.ClientError as exc:
+            error = f"{type(exc).__name__}"
+
+        if http_status is not None and 200 <= http_status < 300:
+            await self._finish(delivery, "delivered", attempts, http_status, None)
+        elif http_status == 410:
+            await self._finish(delivery, "gone", attempts, http_status, "receiver answered 410 Gone")
+        elif attempts >= self.settings.webhook_max_attempts:
+            await self._finish(delivery, "failed", attempts, http_status, error or f"HTTP {http_status}")
+        else:
+            delay = backoff_s(attempts, self.settings.webhook_retry_base_s, self.settings.webhook_retry_max_s)
+            if retry_after is not None:
+                delay = max(delay, min(retry_after, self.settings.webhook_retry_max_s))
+            self.metrics.webhooks.labels("retry").inc()
+            log.info(
+                "webhook attempt failed; retrying",
+                extra={"run_id": delivery.run_id, "attempt": attempts, "http_status": http_status, "delay_s": delay},
+            )
+            await self.store.record_attempt(
+                delivery.id, status="pending", attempts=attempts, next_attempt_at=time.time() + delay,
+                http_status=http_status, error=error or f"HTTP {http_status}",
+            )
+
+    async def _finish(self, delivery: Delivery, status: str, attempts: int, http_status: int | None, error: str | None) -> None:
+        self.metrics.webhooks.labels(status).inc()
+        log.info("webhook %s", status, extra={"run_id": delivery.run_id, "attempt": attempts, "http_status": http_status})
+        await self.store.record_attempt(
+            delivery.id, status=status, attempts=attempts, next_attempt_at=time.time(), http_status=http_status, error=error
+        )

@@ -1,0 +1,283 @@
+"""POST /predict end to end: the hosted API's example, determinism, file_url, errors."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from PIL import Image
+
+from ..support import API_KEYS, Frontend
+from .servers import Listener, file_server_app, png_bytes
+
+pytestmark = pytest.mark.integration
+
+# The hosted API's example body exactly as its doc prints it: two commas are missing.
+SEED_CURL_BODY = """{
+"prompt": "a photo of an astronaut riding a horse on mars.",
+"image": "<BASE_64_STRING>"
+"num_inference_steps": 50,
+"guidance_scale": 7.5,
+"num_images_per_prompt": 1,
+"negative_prompt": "",
+"seed": 120,
+"file_url": "https://your-url.com/image.png"
+"webhook_endpoint": "https://your-url.com"
+}"""
+
+
+def seed_body(image_b64: str, **overrides: Any) -> dict[str, Any]:
+    """The seed's example with the commas fixed; fast settings for the tiny model unless overridden."""
+    body: dict[str, Any] = {
+        "prompt": "a photo of an astronaut riding a horse on mars.",
+        "image": image_b64,
+        "num_inference_steps": 50,
+        "guidance_scale": 7.5,
+        "num_images_per_prompt": 1,
+        "negative_prompt": "",
+        "seed": 120,
+    }
+    body.update(overrides)
+    return body
+
+
+async def post(http: aiohttp.ClientSession, frontend: Frontend, body: Any, **kwargs: Any) -> tuple[int, Any, Any]:
+    data = body if isinstance(body, str | bytes) else json.dumps(body)
+    async with http.post(f"{frontend.url}/predict", data=data, **kwargs) as response:
+        return response.status, await response.json(), response.headers
+
+
+def decode(b64: str) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(b64)))
+
+
+async def test_seed_example_answers_in_the_seed_shape(
+    http: aiohttp.ClientSession, frontend: Frontend, image_b64: str
+) -> None:
+    status, answer, _ = await post(http, frontend, seed_body(image_b64))
+    assert status == 200, answer
+    assert re.fullmatch(r"[0-9a-f-]{36}", answer["run_id"])
+    assert answer["message"] == "Successfully generated image"
+    assert len(answer["result"]) == 1 and answer["seeds"] == [120]
+    assert isinstance(answer["run_time_ms"], int)
+    image = decode(answer["result"][0])
+    assert (image.format, image.size, image.mode) == ("PNG", (64, 64), "RGB")
+
+
+async def test_seed_example_with_both_image_and_file_url_uses_image_and_says_so(
+    http: aiohttp.ClientSession, frontend: Frontend, image_b64: str
+) -> None:
+    files = await Listener(file_server_app({"/image.png": png_bytes(seed=9)})).start()
+    try:
+        body = seed_body(image_b64, num_inference_steps=4, file_url=f"{files.base}/image.png")
+        status, answer, _ = await post(http, frontend, body)
+    finally:
+        await files.stop()
+    assert status == 200, answer
+    assert answer["image_source"] == "image"
+    assert "file_url was not fetched" in answer["warnings"][0]
+    assert files.connections == 0
+
+
+async def test_seed_curl_body_with_missing_commas_gets_400_saying_where(
+    http: aiohttp.ClientSession, frontend: Frontend
+) -> None:
+    status, answer, _ = await post(http, frontend, SEED_CURL_BODY, headers={"Content-Type": "application/json"})
+    assert status == 400
+    assert answer["error"]["code"] == "invalid_json"
+    assert "Expecting ',' delimiter at line 4, column 1" in answer["error"]["message"]
+
+
+async def test_seeded_requests_reproduce_byte_identical_base64(
+    http: aiohttp.ClientSession, frontend: Frontend, image_b64: str
+) -> None:
+    body = seed_body(image_b64, num_inference_steps=8, num_images_per_prompt=2, seed=777)
+    first = (await post(http, frontend, body))[1]
+    second = (await post(http, frontend, body))[1]
+    other = (await post(http, frontend, {**body, "seed": 778}))[1]
+    assert first["seeds"] == second["seeds"] == [777, 778]
+    assert first["result"] == second["result"]
+    assert other["result"][0] == first["result"][1]  # image i uses seed + i: seed 778 alone is image 1
+    assert other["result"][0] != first["result"][0]
+
+
+async def test_no_seed_draws_one_and_echoes_it_so_the_image_can_be_reproduced(
+    http: aiohttp.ClientSession, frontend: Frontend, image_b64: str
+) -> None:
+    body = seed_body(image_b64, num_inference_steps=4)
+    del body["seed"]
+    drawn = (await post(http, frontend, body))[1]
+    again = (await post(http, frontend, {**body, "seed": drawn["seeds"][0]}))[1]
+    assert again["result"] == drawn["result"]
+
+
+@pytest.mark.parametrize(("fmt", "pil_format"), [("jpeg", "JPEG"), ("webp", "WEBP")])
+async def test_output_formats(
+    http: aiohttp.ClientSession, frontend: Frontend, image_b64: str, fmt: str, pil_format: str
+) -> None:
+    status, answer, _ = await post(http, frontend, seed_body(image_b64, num_inference_steps=4, output_format=fmt))
+    assert status == 200 and decode(answer["result"][0]).format == pil_format
+
+
+async def test_data_uri_images_are_accepted_and_resized_to_multiples_of_8(
+    http: aiohttp.ClientSession, frontend: Frontend
+) -> None:
+    buffer = io.BytesIO()
+    Image.new("RGBA", (70, 45), (255, 0, 0, 128)).save(buffer, format="PNG")
+    uri = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    status, answer, _ = await post(http, frontend, seed_body(uri, num_inference_steps=4))
+    assert status == 200, answer
+    assert (answer["width"], answer["height"]) == (64, 40)
+    assert decode(answer["result"][0]).size == (64, 40)
+
+
+async def test_file_url_on_an_allowed_address_is_fetched(http: aiohttp.ClientSession, frontend: Frontend) -> None:
+    files = await Listener(file_server_app({"/image.png": png_bytes((48, 32), seed=3)})).start()
+    try:
+        body = seed_body("", num_inference_steps=4, file_url=f"{files.base}/image.png")
+        del body["image"]
+        status, answer, _ = await post(http, frontend, body)
+    finally:
+        await files.stop()
+    assert status == 200, answer
+    assert answer["image_source"] == "file_url" and decode(answer["result"][0]).size == (32, 48)  # random_image is (height, width)
+    assert files.connections == 1
+
+
+async def test_file_url_redirect_to_a_denied_address_never_connects(
+    http: aiohttp.ClientSession, frontend: Frontend
+) -> None:
+    # 127.0.0.1 is allowed for this frontend; 127.0.0.2 (loopback too) is not.
+    denied = await Listener(file_server_app({"/secret": png_bytes()}), host="127.0.0.2").start()
+    files = await Listener(
+        file_server_app({"/hop": web.HTTPFound(f"{denied.base}/secret")}), host="127.0.0.1"
+    ).start()
+    try:
+        body = {"prompt": "x", "file_url": f"{files.base}/hop", "num_inference_steps": 4}
+        status, answer, _ = await post(http, frontend, body)
+    finally:
+        await files.stop()
+        await denied.stop()
+    assert status == 422, answer
+    assert answer["error"]["code"] == "file_url_failed" and answer["error"]["param"] == "file_url"
+    assert "refused" in answer["error"]["message"]
+    assert files.connections == 1 and denied.connections == 0
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "{loopback}",
+        "http://localhost:{port}/image.png",
+        "http://[::1]:{port}/image.png",
+        "http://[::ffff:127.0.0.1]:{port}/image.png",
+        "http://10.1.2.3/image.png",
+        "http://192.168.0.10/image.png",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://100.64.0.1/image.png",
+        "http://[64:ff9b::7f00:1]:{port}/image.png",
+        "http://0.0.0.0:{port}/image.png",
+        "file:///etc/passwd",
+        "ftp://example.com/image.png",
+    ],
+)
+async def test_file_url_to_non_public_addresses_is_refused_without_connecting(
+    http: aiohttp.ClientSession, make_frontend: Callable[..., Frontend], target: str
+) -> None:
+    strict = make_frontend(SD_ALLOW_PRIVATE_NETWORKS="")
+    files = await Listener(file_server_app({"/image.png": png_bytes()})).start()
+    try:
+        url = target.format(loopback=f"{files.base}/image.png", port=files.port)
+        status, answer, _ = await post(http, strict, {"prompt": "x", "file_url": url, "num_inference_steps": 4})
+    finally:
+        await files.stop()
+    assert status == 422, answer
+    assert answer["error"]["code"] == "file_url_failed" and answer["error"]["param"] == "file_url"
+    assert files.connections == 0
+
+
+# One test per row of the error table.
+
+
+async def test_validation_error_is_422_naming_the_field_and_value(
+    http: aiohttp.ClientSession, frontend: Frontend, image_b64: str
+) -> None:
+    status, answer, _ = await post(http, frontend, seed_body(image_b64, strength=1.5))
+    assert status == 422
+    assert answer["error"]["param"] == "strength"
+    assert "1.5" in answer["error"]["message"]
+    status, answer, _ = await post(http, frontend, {"image": image_b64})
+    assert (status, answer["error"]["param"]) == (422, "prompt")
+    status, answer, _ = await post(http, frontend, seed_body(image_b64, num_inference_steps=3, strength=0.3))
+    assert (status, answer["error"]["param"]) == (422, "num_inference_steps")
+    status, answer, _ = await post(http, frontend, seed_body(image_b64, num_inference_steps=4, scheduler="nope"))
+    assert (status, answer["error"]["param"]) == (422, "scheduler"), answer  # refused by the model itself
+    status, answer, _ = await post(http, frontend, seed_body(image_b64, steps=4))
+    assert (status, answer["error"]["param"]) == (422, "steps")
+
+
+async def test_not_an_image_is_415(http: aiohttp.ClientSession, frontend: Frontend) -> None:
+    text = base64.b64encode(b"this is plain text, not an image").decode()
+    status, answer, _ = await post(http, frontend, seed_body(text))
+    assert (status, answer["error"]["code"], answer["error"]["param"]) == (415, "unsupported_image", "image")
+
+
+async def test_corrupt_image_is_422(http: aiohttp.ClientSession, frontend: Frontend) -> None:
+    truncated = base64.b64encode(png_bytes()[:200]).decode()
+    status, answer, _ = await post(http, frontend, seed_body(truncated))
+    assert (status, answer["error"]["code"]) == (422, "invalid_image")
+    bad_base64 = "not base64 at all!"
+    status, answer, _ = await post(http, frontend, seed_body(bad_base64))
+    assert (status, answer["error"]["param"]) == (422, "image")
+
+
+async def test_oversized_body_is_413(http: aiohttp.ClientSession, make_frontend: Callable[..., Frontend]) -> None:
+    small = make_frontend(SD_MAX_BODY_BYTES="100000")
+    status, answer, _ = await post(http, small, {"prompt": "x", "image": "A" * 200_000})
+    assert (status, answer["error"]["code"]) == (413, "payload_too_large")
+
+
+async def test_missing_or_wrong_key_is_401_and_bearer_works(frontend: Frontend, image_b64: str) -> None:
+    body = json.dumps(seed_body(image_b64, num_inference_steps=4))
+    async with aiohttp.ClientSession() as anonymous:
+        for headers in ({}, {"Authorization": "sk-wrong"}, {"Authorization": "Bearer sk-wrong"}):
+            async with anonymous.post(f"{frontend.url}/predict", data=body, headers=headers) as response:
+                assert response.status == 401
+                assert (await response.json())["error"]["code"] == "unauthorized"
+        headers = {"Authorization": f"Bearer {API_KEYS[1]}"}
+        async with anonymous.post(f"{frontend.url}/predict", data=body, headers=headers) as response:
+            assert response.status == 200
+
+
+async def test_triton_down_is_503_with_retry_after(
+    http: aiohttp.ClientSession, make_frontend: Callable[..., Frontend], image_b64: str
+) -> None:
+    orphan = make_frontend(triton_url="127.0.0.1:9")  # nothing listens there
+    status, answer, headers = await post(http, orphan, seed_body(image_b64, num_inference_steps=4))
+    assert (status, answer["error"]["code"]) == (503, "backend_unavailable")
+    assert int(headers["Retry-After"]) > 0
+    async with aiohttp.ClientSession() as anonymous, anonymous.get(f"{orphan.url}/readyz") as response:
+        assert response.status == 503 and "Retry-After" in response.headers
+
+
+async def test_triton_too_slow_is_504(
+    http: aiohttp.ClientSession, make_frontend: Callable[..., Frontend], image_b64: str
+) -> None:
+    impatient = make_frontend(SD_TRITON_TIMEOUT_S="0.05")
+    body = seed_body(image_b64, num_inference_steps=150, strength=1.0)
+    status, answer, _ = await post(http, impatient, body)
+    assert (status, answer["error"]["code"]) == (504, "backend_timeout")
+
+
+async def test_unknown_route_and_method_use_the_error_shape(http: aiohttp.ClientSession, frontend: Frontend) -> None:
+    async with http.get(f"{frontend.url}/nope") as response:
+        assert response.status == 404 and (await response.json())["error"]["code"] == "not_found"
+    async with http.get(f"{frontend.url}/predict") as response:
+        assert response.status == 405 and (await response.json())["error"]["code"] == "method_not_allowed"
