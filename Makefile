@@ -9,7 +9,7 @@ TRITON_ARGS ?=
 SETUP_STAMP := $(VENV)/.setup-stamp
 MODEL_STAMP := $(MODEL_DIR)/tiny_model_build.json
 
-.PHONY: setup model triton serve test lint bench-batching clean
+.PHONY: setup model triton serve test lint bench-batching bench-latency clean
 
 setup: $(SETUP_STAMP)
 
@@ -40,10 +40,13 @@ test: model lint
 bench-batching: model
 	$(PY) -m bench.batching
 
+bench-latency: model
+	$(PY) -m bench.e2e_latency
+
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy embedded bench model_repository/sd_img2img/1
+	$(VENV)/bin/mypy embedded bench frontend model_repository/sd_img2img/1
 
 clean:
 	rm -rf .build .models

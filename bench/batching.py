@@ -9,8 +9,6 @@ several concurrencies and prints throughput, latency percentiles and the average
 from __future__ import annotations
 
 import argparse
-import shutil
-import socket
 import statistics
 import tempfile
 import time
@@ -21,7 +19,7 @@ import numpy as np
 
 from embedded.tiny_model import build
 from embedded.triton_calls import Caller, Img2Img
-from embedded.triton_server import DEFAULT_MODEL_PATH, DEFAULT_MODEL_REPOSITORY, EmbeddedTriton
+from embedded.triton_server import DEFAULT_MODEL_PATH, EmbeddedTriton, copy_model_repository, free_port
 
 SETTINGS: dict[str, dict[str, str]] = {
     "batch_invariant (shipped)": {},
@@ -29,23 +27,6 @@ SETTINGS: dict[str, dict[str, str]] = {
     "per_image": {'string_value: "batch_invariant"': 'string_value: "per_image"'},
     "max_batch_size 1": {"max_batch_size: 8": "max_batch_size: 1"},
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def repository_with(destination: Path, replacements: dict[str, str]) -> Path:
-    repository = destination / "model_repository"
-    shutil.copytree(DEFAULT_MODEL_REPOSITORY, repository, ignore=shutil.ignore_patterns("__pycache__"))
-    config = repository / "sd_img2img" / "config.pbtxt"
-    text = config.read_text()
-    for old, new in replacements.items():
-        text = text.replace(old, new)
-    config.write_text(text)
-    return repository
 
 
 def load(caller: Caller, requests: list[Img2Img], concurrency: int) -> dict[str, float]:
@@ -88,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|")
     for name in args.settings:
         with tempfile.TemporaryDirectory() as tmp:
-            repository = repository_with(Path(tmp), SETTINGS[name])
+            repository = copy_model_repository(Path(tmp), SETTINGS[name])
             server = EmbeddedTriton(
                 model_repository=repository,
                 model_path=DEFAULT_MODEL_PATH,

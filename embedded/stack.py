@@ -59,7 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"tritonserver ready: HTTP {triton.http_url}  gRPC {triton.grpc_url}", flush=True)
     for note in notes:
         print(note, flush=True)
-    print(f"frontend: http://{settings.host}:{settings.port}  (POST /predict, GET /runs/ID, /readyz, /metrics)", flush=True)
+    print(
+        f"frontend: http://{settings.host}:{settings.port}  (POST /predict, GET /runs/ID, /readyz, /metrics)",
+        flush=True,
+    )
     try:
         frontend_main()
     finally:

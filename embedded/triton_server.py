@@ -13,6 +13,7 @@ import collections
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -29,6 +30,26 @@ DEFAULT_MODEL_REPOSITORY = REPO_ROOT / "model_repository"
 DEFAULT_BUILD_DIR = REPO_ROOT / ".build" / "triton"
 DEFAULT_MODEL_PATH = REPO_ROOT / ".models" / "tiny-sd-img2img"
 LOG_TAIL_LINES = 60
+
+
+def free_port() -> int:
+    """A port the OS says is free now (tests and benchmarks never use the defaults)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def copy_model_repository(destination: Path, replacements: dict[str, str]) -> Path:
+    """The shipped model repository with some config.pbtxt lines changed (tests of other settings)."""
+    repository = destination / "model_repository"
+    shutil.copytree(DEFAULT_MODEL_REPOSITORY, repository, ignore=shutil.ignore_patterns("__pycache__"))
+    config = repository / "sd_img2img" / "config.pbtxt"
+    text = config.read_text()
+    for old, new in replacements.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    config.write_text(text)
+    return repository
 
 
 class TritonStartError(RuntimeError):

@@ -9,7 +9,7 @@ import re
 import warnings
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import InvalidImage, InvalidRequest, PayloadTooLarge, UnsupportedImage
 
@@ -55,9 +55,8 @@ def load_image(data: bytes, *, param: str, max_pixels: int, max_side: int) -> np
                         param=param,
                     )
                 image.seek(0)
-                image = ImageOps.exif_transpose(image) or image
-                rgb = _to_rgb(image)
-    except Image.UnidentifiedImageError:
+                rgb = _to_rgb(ImageOps.exif_transpose(image) or image)
+    except UnidentifiedImageError:
         raise UnsupportedImage(
             f"{param} is not an image in an accepted format ({', '.join(ACCEPTED_FORMATS)})", param=param
         ) from None

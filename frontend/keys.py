@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Sequence
 
 import aiohttp
 from aiohttp import web
@@ -23,7 +22,7 @@ BACKEND = web.AppKey("backend", TritonBackend)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 DELIVERER = web.AppKey("deliverer", WebhookDeliverer)
 RUNS = web.AppKey("runs", RunService)
-KEY_HASHES = web.AppKey("key_hashes", tuple)
+KEY_HASHES = web.AppKey("key_hashes", tuple[str, ...])
 READINESS = web.AppKey("readiness", dict)
 
 
@@ -32,7 +31,7 @@ def key_hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def match_key(presented: str, known_hashes: Sequence[str]) -> str | None:
+def match_key(presented: str, known_hashes: tuple[str, ...]) -> str | None:
     """The matching key's hash, comparing against every known key in constant time (no early exit)."""
     candidate = key_hash(presented)
     match = None

@@ -15,7 +15,9 @@ class Metrics:
 
     def __post_init__(self) -> None:
         r = self.registry
-        self.requests = Counter("sd_http_requests_total", "HTTP requests by route and status", ["route", "status"], registry=r)
+        self.requests = Counter(
+            "sd_http_requests_total", "HTTP requests by route and status", ["route", "status"], registry=r
+        )
         self.latency = Histogram(
             "sd_http_request_duration_seconds", "HTTP request latency", ["route"], buckets=LATENCY_BUCKETS, registry=r
         )

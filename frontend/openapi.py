@@ -61,7 +61,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
     body_schema["properties"]["num_images_per_prompt"]["maximum"] = settings.max_images_per_prompt
     body_schema["properties"]["prompt"]["maxLength"] = settings.max_prompt_chars
     body_schema["properties"]["negative_prompt"]["maxLength"] = settings.max_prompt_chars
-    secured = [{"ApiKey": []}]
+    secured: list[dict[str, list[str]]] = [{"ApiKey": []}]
     return {
         "openapi": "3.1.0",
         "info": {"title": "Stable Diffusion img2img", "version": "1.0.0"},
@@ -91,7 +91,10 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                     "security": secured,
                     "parameters": [{"name": "run_id", "in": "path", "required": True, "schema": {"type": "string"}}],
                     "responses": {
-                        "200": {"description": "The run", **_json({"type": "object", "required": ["run_id", "status"]})},
+                        "200": {
+                            "description": "The run",
+                            **_json({"type": "object", "required": ["run_id", "status"]}),
+                        },
                         **_errors(401, 404),
                     },
                 }

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -88,8 +89,6 @@ class RunService:
 
     def _check_webhook_endpoint(self, url: str) -> None:
         parsed = check_url(url, "webhook_endpoint")
-        import ipaddress
-
         try:
             literal = ipaddress.ip_address(parsed.host or "")
         except ValueError:
@@ -104,7 +103,9 @@ class RunService:
         await self.store.create_run(prepared.run_id, key_hash, prepared.params, png, prepared.webhook_endpoint)
 
     # 3. Generate: a tracked task, so a client that hangs up does not cancel an accepted run.
-    def start(self, run_id: str, params: dict[str, Any], image: np.ndarray, webhook_endpoint: str | None) -> asyncio.Task[dict[str, Any]]:
+    def start(
+        self, run_id: str, params: dict[str, Any], image: np.ndarray, webhook_endpoint: str | None
+    ) -> asyncio.Task[dict[str, Any]]:
         task = asyncio.create_task(self._execute(run_id, params, image, webhook_endpoint), name=f"run-{run_id}")
         self._tasks[run_id] = task
         self.metrics.in_flight.inc()
@@ -168,7 +169,9 @@ class RunService:
         }
         if params["warnings"]:
             body["warnings"] = params["warnings"]
-        await self.store.finish_run(run_id, "succeeded", body, self._delivery(run_id, webhook_endpoint, body, "succeeded"))
+        await self.store.finish_run(
+            run_id, "succeeded", body, self._delivery(run_id, webhook_endpoint, body, "succeeded")
+        )
         self.metrics.images.inc(len(encoded))
         self.metrics.runs.labels("succeeded").inc()
         self.deliverer.wake()
@@ -240,6 +243,3 @@ def run_view(run: Run, delivery: dict[str, Any] | None) -> dict[str, Any]:
     if delivery is not None:
         view["webhook"] = delivery
     return view
-
-
-__all__ = ["ACCEPTED_MESSAGE", "PreparedRun", "RunService", "asdict", "run_view"]

@@ -106,7 +106,9 @@ class RunStore:
         await self.db.commit()
 
     async def mark_processing(self, run_id: str) -> None:
-        await self.db.execute("UPDATE runs SET status = 'processing', started_at = ? WHERE id = ?", (time.time(), run_id))
+        await self.db.execute(
+            "UPDATE runs SET status = 'processing', started_at = ? WHERE id = ?", (time.time(), run_id)
+        )
         await self.db.commit()
 
     async def finish_run(self, run_id: str, status: str, body: dict[str, Any], delivery: Delivery | None) -> None:
@@ -149,7 +151,13 @@ class RunStore:
         return None if row is None or row[0] is None else float(row[0])
 
     async def record_attempt(
-        self, delivery_id: str, *, status: str, attempts: int, next_attempt_at: float, http_status: int | None,
+        self,
+        delivery_id: str,
+        *,
+        status: str,
+        attempts: int,
+        next_attempt_at: float,
+        http_status: int | None,
         error: str | None,
     ) -> None:
         await self.db.execute(

@@ -10,7 +10,7 @@ import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
 
 from .errors import ApiError, BackendTimeout, BackendUnavailable, GenerationFailed, InvalidRequest
-from .generation import GenerationInput, Generated
+from .generation import Generated, GenerationInput
 
 _INVALID_INPUT = re.compile(r"invalid input '(?P<name>\w+)': (?P<detail>.*)", re.DOTALL)
 
@@ -70,7 +70,9 @@ class TritonBackend:
             await self._client.close()
             self._client = None
 
-    async def generate(self, job: GenerationInput, *, timeout_s: float | None = None, request_id: str = "") -> Generated:
+    async def generate(
+        self, job: GenerationInput, *, timeout_s: float | None = None, request_id: str = ""
+    ) -> Generated:
         try:
             result = await self.client.infer(
                 self.model,

@@ -39,7 +39,7 @@ class WebhookSigner:
 
 def backoff_s(attempts: int, base_s: float, max_s: float) -> float:
     """Exponential with full-range jitter in [0.5, 1.5) so retries from many runs do not align."""
-    return min(max_s, base_s * 2 ** (attempts - 1)) * (0.5 + random.random())  # noqa: S311 - jitter, not crypto
+    return float(min(max_s, base_s * 2 ** (attempts - 1)) * (0.5 + random.random()))  # noqa: S311 - jitter, not crypto
 
 
 def retry_after_s(response: aiohttp.ClientResponse) -> float | None:
@@ -54,7 +54,12 @@ class WebhookDeliverer:
     """Sends due deliveries from the store; one background task per app."""
 
     def __init__(
-        self, store: RunStore, session: aiohttp.ClientSession, signer: WebhookSigner, settings: Settings, metrics: Metrics
+        self,
+        store: RunStore,
+        session: aiohttp.ClientSession,
+        signer: WebhookSigner,
+        settings: Settings,
+        metrics: Metrics,
     ) -> None:
         self.store, self.session, self.signer, self.settings, self.metrics = store, session, signer, settings, metrics
         self._wake = asyncio.Event()
@@ -119,13 +124,26 @@ class WebhookDeliverer:
                 extra={"run_id": delivery.run_id, "attempt": attempts, "http_status": http_status, "delay_s": delay},
             )
             await self.store.record_attempt(
-                delivery.id, status="pending", attempts=attempts, next_attempt_at=time.time() + delay,
-                http_status=http_status, error=error or f"HTTP {http_status}",
+                delivery.id,
+                status="pending",
+                attempts=attempts,
+                next_attempt_at=time.time() + delay,
+                http_status=http_status,
+                error=error or f"HTTP {http_status}",
             )
 
-    async def _finish(self, delivery: Delivery, status: str, attempts: int, http_status: int | None, error: str | None) -> None:
+    async def _finish(
+        self, delivery: Delivery, status: str, attempts: int, http_status: int | None, error: str | None
+    ) -> None:
         self.metrics.webhooks.labels(status).inc()
-        log.info("webhook %s", status, extra={"run_id": delivery.run_id, "attempt": attempts, "http_status": http_status})
+        log.info(
+            "webhook %s", status, extra={"run_id": delivery.run_id, "attempt": attempts, "http_status": http_status}
+        )
         await self.store.record_attempt(
-            delivery.id, status=status, attempts=attempts, next_attempt_at=time.time(), http_status=http_status, error=error
+            delivery.id,
+            status=status,
+            attempts=attempts,
+            next_attempt_at=time.time(),
+            http_status=http_status,
+            error=error,
         )

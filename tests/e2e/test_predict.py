@@ -147,7 +147,10 @@ async def test_file_url_on_an_allowed_address_is_fetched(http: aiohttp.ClientSes
     finally:
         await files.stop()
     assert status == 200, answer
-    assert answer["image_source"] == "file_url" and decode(answer["result"][0]).size == (32, 48)  # random_image is (height, width)
+    assert answer["image_source"] == "file_url" and decode(answer["result"][0]).size == (
+        32,
+        48,
+    )  # random_image is (height, width)
     assert files.connections == 1
 
 
@@ -156,9 +159,7 @@ async def test_file_url_redirect_to_a_denied_address_never_connects(
 ) -> None:
     # 127.0.0.1 is allowed for this frontend; 127.0.0.2 (loopback too) is not.
     denied = await Listener(file_server_app({"/secret": png_bytes()}), host="127.0.0.2").start()
-    files = await Listener(
-        file_server_app({"/hop": web.HTTPFound(f"{denied.base}/secret")}), host="127.0.0.1"
-    ).start()
+    files = await Listener(file_server_app({"/hop": web.HTTPFound(f"{denied.base}/secret")}), host="127.0.0.1").start()
     try:
         body = {"prompt": "x", "file_url": f"{files.base}/hop", "num_inference_steps": 4}
         status, answer, _ = await post(http, frontend, body)

@@ -10,11 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embedded.triton_server import EmbeddedTriton
-
 from embedded.triton_calls import Answer, Caller, Img2Img
+from embedded.triton_server import EmbeddedTriton, copy_model_repository
 
-from ..support import copy_repository, random_image, start_triton
+from ..support import random_image, start_triton
 
 pytestmark = pytest.mark.integration
 
@@ -108,7 +107,7 @@ def test_invalid_request_amid_valid_ones_is_refused_alone(caller: Caller, bad: I
 
 
 def test_full_queue_is_rejected_at_once_with_503(tmp_path: Path, tiny_model_path: Path) -> None:
-    repository = copy_repository(tmp_path, {"max_queue_size: 32": "max_queue_size: 2"})
+    repository = copy_model_repository(tmp_path, {"max_queue_size: 32": "max_queue_size: 2"})
     server = start_triton(repository, tiny_model_path)
     try:
         caller = Caller(server.http_url)
@@ -127,7 +126,7 @@ def test_full_queue_is_rejected_at_once_with_503(tmp_path: Path, tiny_model_path
 
 def test_batched_mode_moves_pixels_by_at_most_one(tmp_path: Path, tiny_model_path: Path) -> None:
     """``determinism: batched`` trades exactness for throughput; measured bound at 64 px: 1/255 per pixel."""
-    repository = copy_repository(tmp_path, {'string_value: "batch_invariant"': 'string_value: "batched"'})
+    repository = copy_model_repository(tmp_path, {'string_value: "batch_invariant"': 'string_value: "batched"'})
     server = start_triton(repository, tiny_model_path)
     try:
         caller = Caller(server.http_url)
