@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -66,8 +66,6 @@ class Settings(BaseSettings):
     # An accepted webhook run that finds Triton full or down retries for this long before failing.
     async_retry_window_s: float = 600.0
     async_retry_interval_s: float = 2.0
-
-    output_format_default: Literal["png", "jpeg", "webp"] = "png"
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -158,3 +158,41 @@ async def test_operations_endpoints(http: aiohttp.ClientSession, frontend: Front
     assert document["components"]["schemas"]["PredictBody"]["properties"]["num_inference_steps"]["default"] == 50
     logs = [json.loads(line) for line in frontend.logs().splitlines() if line.startswith("{")]
     assert any(entry.get("run_id") for entry in logs), "structured logs carry the run id"
+
+
+async def test_run_interrupted_by_a_crash_is_resumed_after_restart(
+    http: aiohttp.ClientSession, make_frontend: Callable[..., Frontend], image_b64: str, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "crash"
+    receiver = WebhookReceiver()
+    listener = await Listener(receiver.app()).start()
+    try:
+        first = make_frontend(data_dir=data_dir)
+        body = seed_body(image_b64, num_inference_steps=150, strength=1.0, webhook_endpoint=f"{listener.base}/hook")
+        status, accepted, _ = await post(http, first, body)
+        assert status == 202
+        await wait_for_run(http, first, accepted["run_id"], "processing")
+        first.stop(signal.SIGKILL)
+        assert not receiver.received
+        second = make_frontend(data_dir=data_dir)
+        await receiver.wait_delivered(timeout_s=60)
+        view = await wait_for_run(http, second, accepted["run_id"], "succeeded")
+    finally:
+        await listener.stop()
+    headers, raw, _ = receiver.received[-1]
+    assert Webhook(WEBHOOK_SECRET).verify(raw, headers)["result"] == view["result"]
+
+
+async def test_graceful_shutdown_finishes_in_flight_requests(
+    http: aiohttp.ClientSession, make_frontend: Callable[..., Frontend], image_b64: str
+) -> None:
+    server = make_frontend()
+    request = asyncio.create_task(post(http, server, seed_body(image_b64, num_inference_steps=150, strength=1.0)))
+    await asyncio.sleep(0.5)
+    assert server.process is not None
+    server.process.send_signal(signal.SIGTERM)
+    status, answer, _ = await request
+    assert status == 200 and answer["message"] == "Successfully generated image"
+    print(f"run_time_ms of the request in flight at SIGTERM: {answer['run_time_ms']}")
+    assert answer["run_time_ms"] > 700  # it was still generating when the signal came
+    assert await asyncio.to_thread(server.process.wait, 30) == 0
