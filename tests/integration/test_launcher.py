@@ -1,0 +1,28 @@
+"""The embedded launcher's failure path: a model that cannot load gives an error with the log tail."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from embedded.triton_server import DEFAULT_MODEL_REPOSITORY, EmbeddedTriton, TritonStartError, free_port
+
+pytestmark = pytest.mark.integration
+
+
+def test_model_that_fails_to_load_stops_the_launcher_with_the_log_tail(tmp_path: Path) -> None:
+    server = EmbeddedTriton(
+        model_repository=DEFAULT_MODEL_REPOSITORY,
+        model_path=tmp_path / "no-such-model",
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+        ready_timeout_s=120,
+    )
+    with pytest.raises(TritonStartError) as caught:
+        server.start()
+    message = str(caught.value)
+    assert "exited with code 1" in message
+    assert "failed to load 'sd_img2img'" in message and "no-such-model" in message
+    assert server.process is not None and server.process.returncode == 1
