@@ -13,12 +13,12 @@ MODEL_STAMP := $(MODEL_DIR)/tiny_model_build.json
 
 setup: $(SETUP_STAMP)
 
-$(SETUP_STAMP): pyproject.toml
+$(SETUP_STAMP): pyproject.toml client/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first and by exact version: it takes the CPU wheel; an unpinned torch pulls CUDA.
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[model,dev]" -e "./client[triton]"
 	touch $@
 
 model: $(MODEL_STAMP)
@@ -47,6 +47,7 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy embedded bench frontend model_repository/sd_img2img/1
+	$(VENV)/bin/mypy client/sd_img2img_client
 
 clean:
 	rm -rf .build .models

@@ -1,0 +1,162 @@
+"""``img2img``: turn an image file or URL into generated images on disk.
+
+    img2img photo.png --prompt "a watercolor painting" --seed 120
+    img2img https://example.com/photo.jpg --prompt "..." --json > answer.json
+
+The service URL and key come from ``--url``/``--api-key`` or ``IMG2IMG_URL``/``IMG2IMG_API_KEY``.
+Images are written as ``<run_id>_<seed>.<ext>`` in ``--out-dir``; their paths are printed, one a line.
+A spinner shows on a terminal (stderr) and stays quiet when piped. Exit status: 0 done, 1 the service
+refused or failed (its message is printed), 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from rich.console import Console
+
+from .client import DEFAULT_URL, Img2ImgClient
+from .models import Img2ImgError, Img2ImgRequest, Img2ImgResult, RunAccepted
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="img2img",
+        description="Generate images from an init image and a prompt (Stable Diffusion img2img).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("input", help="init image: a file path, or an http(s) URL the service fetches")
+    parser.add_argument("-p", "--prompt", required=True)
+    parser.add_argument("-n", "--negative-prompt", default="")
+    parser.add_argument("--steps", dest="num_inference_steps", type=int, default=50, help="num_inference_steps")
+    parser.add_argument("--guidance", dest="guidance_scale", type=float, default=7.5, help="guidance_scale")
+    parser.add_argument("--num-images", dest="num_images_per_prompt", type=int, default=1)
+    parser.add_argument("--strength", type=float, default=0.8)
+    parser.add_argument("--seed", type=int, default=None, help="same inputs + seed = same images")
+    parser.add_argument("--scheduler", default="", help="e.g. euler, euler_a, ddim, dpm++ (default: the model's)")
+    parser.add_argument("--format", dest="output_format", choices=["png", "jpeg", "webp"], default="png")
+    parser.add_argument("--webhook", dest="webhook_endpoint", default=None, help="POST the result there instead")
+    parser.add_argument("--wait", action="store_true", help="with --webhook: also wait for the run and save it")
+    parser.add_argument("-o", "--out-dir", type=Path, default=Path("."))
+    parser.add_argument("--json", action="store_true", help="print the service's raw JSON answer to stdout")
+    parser.add_argument("--url", default=os.environ.get("IMG2IMG_URL", DEFAULT_URL), help="service URL")
+    parser.add_argument("--api-key", default=os.environ.get("IMG2IMG_API_KEY", ""), help="or IMG2IMG_API_KEY")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds")
+    parser.add_argument(
+        "--triton", default=None, metavar="HOST:PORT", help="bypass the frontend: call Triton's gRPC port directly"
+    )
+    return parser
+
+
+@contextlib.contextmanager
+def progress(console: Console, message: str) -> Iterator[None]:
+    """A spinner on a terminal; nothing when stderr is piped or redirected."""
+    if console.is_terminal:
+        with console.status(message):
+            yield
+    else:
+        yield
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    err = Console(stderr=True)
+    try:
+        if args.triton:
+            return run_direct(args, err)
+        return run_service(args, err)
+    except Img2ImgError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        return 1
+    except OSError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        return 1
+
+
+def _request(args: argparse.Namespace) -> Img2ImgRequest:
+    is_url = args.input.startswith(("http://", "https://"))
+    return Img2ImgRequest(
+        prompt=args.prompt,
+        image=None if is_url else Path(args.input),
+        file_url=args.input if is_url else None,
+        num_inference_steps=args.num_inference_steps,
+        guidance_scale=args.guidance_scale,
+        num_images_per_prompt=args.num_images_per_prompt,
+        negative_prompt=args.negative_prompt,
+        seed=args.seed,
+        webhook_endpoint=args.webhook_endpoint,
+        strength=args.strength,
+        scheduler=args.scheduler,
+        output_format=args.output_format,
+    )
+
+
+def run_service(args: argparse.Namespace, err: Console) -> int:
+    if not args.api_key:
+        raise Img2ImgError("no API key: pass --api-key or set IMG2IMG_API_KEY")
+    request = _request(args)
+    with Img2ImgClient(args.url, args.api_key, timeout_s=args.timeout) as client:
+        with progress(err, "generating..."):
+            answer = client.generate(request)
+        if isinstance(answer, RunAccepted):
+            if not args.wait:
+                print(json.dumps(answer.raw) if args.json else f"{answer.run_id} {answer.message}")
+                return 0
+            with progress(err, f"waiting for run {answer.run_id}..."):
+                status = client.wait_for_run(answer.run_id, timeout_s=args.timeout)
+            if status.result is None:
+                error = status.error or {}
+                raise Img2ImgError(error.get("message", f"run ended {status.status}"), code=error.get("code"))
+            answer = status.result
+    return _report(answer, args)
+
+
+def _report(result: Img2ImgResult, args: argparse.Namespace) -> int:
+    paths = result.save(args.out_dir)
+    if args.json:
+        print(json.dumps(result.raw))
+    else:
+        for path in paths:
+            print(path)
+    return 0
+
+
+def run_direct(args: argparse.Namespace, err: Console) -> int:
+    from .triton import TritonImg2ImgClient
+
+    if args.input.startswith(("http://", "https://")):
+        raise Img2ImgError("--triton takes a local image file (URLs are fetched by the frontend only)")
+    with TritonImg2ImgClient(args.triton, timeout_s=args.timeout) as client, progress(err, "generating..."):
+        generated = client.generate(
+            args.prompt,
+            Path(args.input).read_bytes(),
+            negative_prompt=args.negative_prompt,
+            strength=args.strength,
+            num_inference_steps=args.num_inference_steps,
+            guidance_scale=args.guidance_scale,
+            num_images_per_prompt=args.num_images_per_prompt,
+            seed=args.seed,
+            scheduler=args.scheduler,
+        )
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for seed, png in zip(generated.seeds, generated.png_images(), strict=True):
+        path = args.out_dir / f"triton_{seed}.png"
+        path.write_bytes(png)
+        paths.append(path)
+    if args.json:
+        print(json.dumps({"seeds": generated.seeds, "files": [str(p) for p in paths]}))
+    else:
+        for path in paths:
+            print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

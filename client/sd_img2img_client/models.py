@@ -1,0 +1,143 @@
+"""Typed requests and answers of the service's HTTP API."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+OutputFormat = Literal["png", "jpeg", "webp"]
+EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
+
+
+@dataclass(frozen=True)
+class Img2ImgRequest:
+    """``POST /predict``'s body. Give ``image`` (bytes or a path) or ``file_url``."""
+
+    prompt: str
+    image: bytes | Path | None = None
+    file_url: str | None = None
+    num_inference_steps: int = 50
+    guidance_scale: float = 7.5
+    num_images_per_prompt: int = 1
+    negative_prompt: str = ""
+    seed: int | None = None
+    webhook_endpoint: str | None = None
+    strength: float = 0.8
+    scheduler: str = ""
+    output_format: OutputFormat = "png"
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "prompt": self.prompt,
+            "num_inference_steps": self.num_inference_steps,
+            "guidance_scale": self.guidance_scale,
+            "num_images_per_prompt": self.num_images_per_prompt,
+            "negative_prompt": self.negative_prompt,
+            "strength": self.strength,
+            "scheduler": self.scheduler,
+            "output_format": self.output_format,
+        }
+        if self.image is not None:
+            data = self.image.read_bytes() if isinstance(self.image, Path) else self.image
+            body["image"] = base64.b64encode(data).decode("ascii")
+        if self.file_url is not None:
+            body["file_url"] = self.file_url
+        if self.seed is not None:
+            body["seed"] = self.seed
+        if self.webhook_endpoint is not None:
+            body["webhook_endpoint"] = self.webhook_endpoint
+        return body
+
+
+@dataclass(frozen=True)
+class Img2ImgResult:
+    """A finished generation: ``images[i]`` was made with ``seeds[i]``."""
+
+    run_id: str
+    message: str
+    images: list[bytes]
+    seeds: list[int]
+    run_time_ms: int
+    output_format: str = "png"
+    width: int | None = None
+    height: int | None = None
+    warnings: list[str] = field(default_factory=list)
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Img2ImgResult:
+        return cls(
+            run_id=data["run_id"],
+            message=data["message"],
+            images=[base64.b64decode(item) for item in data["result"]],
+            seeds=list(data.get("seeds", [])),
+            run_time_ms=int(data.get("run_time_ms", 0)),
+            output_format=data.get("output_format", "png"),
+            width=data.get("width"),
+            height=data.get("height"),
+            warnings=list(data.get("warnings", [])),
+            raw=data,
+        )
+
+    def save(self, directory: Path | str) -> list[Path]:
+        """Write each image as ``<run_id>_<seed>.<ext>``; returns the paths."""
+        folder = Path(directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        extension = EXTENSIONS.get(self.output_format, self.output_format)
+        paths = []
+        for seed, data in zip(self.seeds, self.images, strict=True):
+            path = folder / f"{self.run_id}_{seed}.{extension}"
+            path.write_bytes(data)
+            paths.append(path)
+        return paths
+
+
+@dataclass(frozen=True)
+class RunAccepted:
+    """The 202 answer when ``webhook_endpoint`` is set: the result will be POSTed there."""
+
+    run_id: str
+    message: str
+    status: str
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """``GET /runs/{run_id}``."""
+
+    run_id: str
+    status: str  # queued, processing, succeeded, failed
+    result: Img2ImgResult | None
+    error: dict[str, Any] | None
+    webhook: dict[str, Any] | None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in {"succeeded", "failed"}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunStatus:
+        result = Img2ImgResult.from_json(data) if data.get("status") == "succeeded" else None
+        return cls(data["run_id"], data["status"], result, data.get("error"), data.get("webhook"), data)
+
+
+class Img2ImgError(Exception):
+    """An error answer from the service (``{"error": {"code", "message", "param"}}``) or the transport."""
+
+    def __init__(
+        self, message: str, *, status: int | None = None, code: str | None = None, param: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message, self.status, self.code, self.param = message, status, code, param
+
+    def __str__(self) -> str:
+        where = f" (param: {self.param})" if self.param else ""
+        return (
+            f"{self.message}{where}"
+            if self.status is None
+            else f"HTTP {self.status} {self.code}: {self.message}{where}"
+        )
