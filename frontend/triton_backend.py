@@ -12,6 +12,13 @@ from tritonclient.utils import InferenceServerException
 from .errors import ApiError, BackendTimeout, BackendUnavailable, GenerationFailed, InvalidRequest
 from .generation import Generated, GenerationInput
 
+CHANNEL_ARGS = [
+    ("grpc.max_send_message_length", 2**31 - 1),
+    ("grpc.max_receive_message_length", 2**31 - 1),
+    # With a "dns:///host:port" URL naming a headless Service, calls spread over every Triton pod;
+    # a plain ClusterIP would pin this process's one HTTP/2 connection to a single pod.
+    ("grpc.lb_policy_name", "round_robin"),
+]
 _INVALID_INPUT = re.compile(r"invalid input '(?P<name>\w+)': (?P<detail>.*)", re.DOTALL)
 
 
@@ -62,7 +69,7 @@ class TritonBackend:
     @property
     def client(self) -> grpcaio.InferenceServerClient:
         if self._client is None:
-            self._client = grpcaio.InferenceServerClient(self.url)
+            self._client = grpcaio.InferenceServerClient(self.url, channel_args=CHANNEL_ARGS)
         return self._client
 
     async def close(self) -> None:

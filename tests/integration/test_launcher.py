@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,3 +28,12 @@ def test_model_that_fails_to_load_stops_the_launcher_with_the_log_tail(tmp_path:
     assert "exited with code 1" in message
     assert "failed to load 'sd_img2img'" in message and "no-such-model" in message
     assert server.process is not None and server.process.returncode == 1
+
+
+def test_container_liveness_canary_passes_on_a_live_model_and_fails_without_one(triton: EmbeddedTriton) -> None:
+    canary = [sys.executable, str(Path(__file__).resolve().parents[2] / "docker" / "triton_canary.py")]
+    assert subprocess.run([*canary, "--url", triton.http_url], check=False, timeout=60).returncode == 0
+    down = subprocess.run(
+        [*canary, "--url", f"127.0.0.1:{free_port()}"], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert down.returncode == 1 and "canary failed" in down.stderr
