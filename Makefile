@@ -9,7 +9,7 @@ TRITON_ARGS ?=
 SETUP_STAMP := $(VENV)/.setup-stamp
 MODEL_STAMP := $(MODEL_DIR)/tiny_model_build.json
 
-.PHONY: setup model triton serve test lint bench-batching bench-latency clean
+.PHONY: setup model triton serve test lint bench bench-batching bench-latency clean
 
 setup: $(SETUP_STAMP)
 
@@ -36,6 +36,12 @@ serve: model
 
 test: model lint
 	$(PY) -m pytest
+
+# Every benchmark side by side (about 10 min here); writes docs/benchmarks.md and docs/img/*.png.
+# On a GPU machine: make bench BENCH_ARGS="--model-path /weights/sd15 --size 512 --steps 50 --strength 0.8"
+BENCH_ARGS ?=
+bench: model
+	$(PY) -m bench.run_all $(BENCH_ARGS)
 
 bench-batching: model
 	$(PY) -m bench.batching

@@ -37,6 +37,11 @@ RESULT_SCHEMA = {
         "width": {"type": "integer"},
         "height": {"type": "integer"},
         "warnings": {"type": "array", "items": {"type": "string"}},
+        "timings_ms": {
+            "type": "object",
+            "description": "fetch (file_url), decode, triton (queue + transfer + compute), encode",
+            "additionalProperties": {"type": "number"},
+        },
     },
 }
 

@@ -58,6 +58,8 @@ class RunService:
     # 1. Turn a validated body into a run: fetch/decode the image, check the webhook URL.
     async def prepare(self, body: PredictBody) -> PreparedRun:
         warnings: list[str] = []
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
         if body.webhook_endpoint is not None:
             self._check_webhook_endpoint(body.webhook_endpoint)
         if body.image:
@@ -76,6 +78,8 @@ class RunService:
                 connect_timeout_s=self.settings.fetch_connect_timeout_s,
                 total_timeout_s=self.settings.fetch_total_timeout_s,
             )
+            timings["fetch"] = _ms_since(started)
+        decode_started = time.perf_counter()
         image = await asyncio.to_thread(
             images.load_image,
             data,
@@ -83,8 +87,10 @@ class RunService:
             max_pixels=self.settings.max_image_pixels,
             max_side=self.settings.max_image_side,
         )
+        timings["decode"] = _ms_since(decode_started if "fetch" in timings else started)
         params = body.model_dump(exclude={"image", "file_url", "webhook_endpoint"})
         params.update(image_source=source, warnings=warnings, width=int(image.shape[1]), height=int(image.shape[0]))
+        params["timings_ms"] = timings
         return PreparedRun(str(uuid.uuid4()), params, image, body.webhook_endpoint, warnings)
 
     def _check_webhook_endpoint(self, url: str) -> None:
@@ -147,7 +153,9 @@ class RunService:
                 await asyncio.sleep(self.settings.async_retry_interval_s)
             except ApiError as exc:
                 return await self._fail(run_id, exc, webhook_endpoint)
-        self.metrics.triton_latency.observe(time.perf_counter() - started)
+        triton_ms = _ms_since(started)
+        self.metrics.triton_latency.observe(triton_ms / 1000)
+        encode_started = time.perf_counter()
         encoded = await asyncio.to_thread(
             images.encode_images,
             generated.images,
@@ -166,6 +174,9 @@ class RunService:
             "image_source": params["image_source"],
             "width": params["width"],
             "height": params["height"],
+            # Where the time went (ms): fetch (file_url), decode (base64 + image), triton (queue, transfer
+            # and compute, as seen from here), encode (output images).
+            "timings_ms": {**params.get("timings_ms", {}), "triton": triton_ms, "encode": _ms_since(encode_started)},
         }
         if params["warnings"]:
             body["warnings"] = params["warnings"]
@@ -222,6 +233,10 @@ class RunService:
     @property
     def in_flight(self) -> int:
         return len(self._tasks)
+
+
+def _ms_since(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000, 2)
 
 
 def _consume(task: asyncio.Task[Any]) -> None:

@@ -1,0 +1,70 @@
+"""End-to-end load through the frontend: a closed loop of ``concurrency`` clients posting /predict."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import time
+from typing import Any
+
+import aiohttp
+
+from bench.workload import Workload
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def run(url: str, api_key: str, workload: Workload, concurrency: int, requests: int) -> dict[str, Any]:
+    images = workload.png_b64()
+    bodies = [
+        json.dumps(
+            {
+                "prompt": workload.prompt(i),
+                "image": images[i % len(images)],
+                "num_inference_steps": workload.num_inference_steps,
+                "strength": workload.strength,
+                "guidance_scale": workload.guidance_scale,
+                "negative_prompt": "blurry" if i % 2 else "",
+                "seed": workload.seed(i),
+            }
+        )
+        for i in range(len(images))
+    ]
+    latencies: list[float] = []
+    timings: list[dict[str, float]] = []
+    errors: dict[int, int] = {}
+    counter = iter(range(requests))
+
+    async def client(http: aiohttp.ClientSession) -> None:
+        for i in counter:
+            start = time.perf_counter()
+            async with http.post(f"{url}/predict", data=bodies[i % len(bodies)]) as response:
+                answer = await response.json()
+            if response.status == 200:
+                latencies.append(time.perf_counter() - start)
+                timings.append(answer.get("timings_ms", {}))
+            else:
+                errors[response.status] = errors.get(response.status, 0) + 1
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    headers = {"Authorization": api_key, "Content-Type": "application/json"}
+    async with aiohttp.ClientSession(connector=connector, headers=headers) as http:
+        start = time.perf_counter()
+        await asyncio.gather(*(client(http) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - start
+    ms = [s * 1000 for s in latencies]
+    return {
+        "concurrency": concurrency,
+        "images_s": len(latencies) / elapsed,
+        "p50_ms": percentile(ms, 0.50),
+        "p95_ms": percentile(ms, 0.95),
+        "p99_ms": percentile(ms, 0.99),
+        "errors": errors,
+        "timings_ms": {
+            key: statistics.median(t[key] for t in timings if key in t) for key in ("decode", "triton", "encode")
+        },
+    }
