@@ -98,7 +98,8 @@ def _run(
     command = [
         str(binary()), "-m", "sd_img2img", "-u", grpc_url, "-i", "grpc", "--input-data", str(input_data),
         "--concurrency-range", f"{concurrency}:{concurrency}", "--measurement-mode", "count_windows",
-        "--measurement-request-count", str(requests_per_window), "--max-trials", "10", "--stability-percentage", str(stability),
+        "--measurement-request-count", str(requests_per_window), "--max-trials", "10",
+        "--stability-percentage", str(stability),
         "-f", str(out_csv),
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, env=environment(), timeout=600, check=False)

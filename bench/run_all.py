@@ -28,6 +28,7 @@ from bench.report import write_report
 from bench.workload import Workload
 from embedded.frontend_process import API_KEYS, Frontend
 from embedded.tiny_model import build
+from embedded.triton_calls import Caller
 from embedded.triton_server import DEFAULT_MODEL_PATH, EmbeddedTriton, copy_model_repository, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,6 +64,17 @@ def sweep(grpc_url: str, data: Path, tmp: Path, levels: list[int], window: int) 
     return rows
 
 
+def server_split(before: dict[str, int], after: dict[str, int]) -> dict[str, float]:
+    """Triton's own per-request averages (ms) between two statistics snapshots."""
+    count = max(1, after["success_count"] - before["success_count"])
+    phases = {"queue": ("queue",), "compute": ("compute_input", "compute_infer", "compute_output")}
+    split = {
+        name: sum(after[f"{p}_ns"] - before[f"{p}_ns"] for p in parts) / count / 1e6 for name, parts in phases.items()
+    }
+    split["total"] = (after["success_ns"] - before["success_ns"]) / count / 1e6
+    return split
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--model-path", default=str(DEFAULT_MODEL_PATH))
@@ -94,11 +106,14 @@ def main(argv: list[str] | None = None) -> int:
         try:
             results["perf_shipped"] = sweep(triton.grpc_url, data, tmp, args.concurrency, args.window)
             frontend = Frontend(tmp / "frontend", triton.grpc_url, {"SD_ALLOW_PRIVATE_NETWORKS": ""}).start()
+            stats = Caller(triton.http_url)
             try:
                 asyncio.run(load.run(frontend.url, API_KEYS[0], workload, 2, 8))  # warm
                 e2e = []
                 for level in args.concurrency:
+                    before = stats.stats()
                     row = asyncio.run(load.run(frontend.url, API_KEYS[0], workload, level, max(24, 6 * level)))
+                    row["triton_server_ms"] = server_split(before, stats.stats())
                     print(
                         f"  end-to-end c={level}: {row['images_s']:.1f} img/s, p50 {row['p50_ms']:.0f} ms", flush=True
                     )

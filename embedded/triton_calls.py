@@ -84,4 +84,9 @@ class Caller:
             model_stats = client.get_inference_statistics(MODEL)["model_stats"][0]
         finally:
             client.close()
-        return {key: int(model_stats[key]) for key in ("inference_count", "execution_count")}
+        counts = {key: int(model_stats[key]) for key in ("inference_count", "execution_count")}
+        # Cumulative server-side time per phase (ns), for queue/compute splits between two snapshots.
+        for phase in ("success", "queue", "compute_input", "compute_infer", "compute_output"):
+            counts[f"{phase}_ns"] = int(model_stats["inference_stats"][phase]["ns"])
+        counts["success_count"] = int(model_stats["inference_stats"]["success"]["count"])
+        return counts

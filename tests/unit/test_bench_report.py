@@ -29,6 +29,7 @@ def test_report_has_every_section_ratio_and_plot(tmp_path: Path) -> None:
             "p99_ms": 120.0,
             "errors": {},
             "timings_ms": {"decode": 1.0, "triton": 75.0, "encode": 2.0},
+            "triton_server_ms": {"queue": 20.0, "compute": 50.0, "total": 70.0},
         },
         {
             "concurrency": 8,
@@ -38,6 +39,7 @@ def test_report_has_every_section_ratio_and_plot(tmp_path: Path) -> None:
             "p99_ms": 270.0,
             "errors": {503: 1},
             "timings_ms": {"decode": 1.0, "triton": 220.0, "encode": 2.0},
+            "triton_server_ms": {"queue": 20.0, "compute": 190.0, "total": 212.0},
         },
     ]
     direct = {"1": {"images_per_s": 20.0, "latency_ms": 50.0}, "8": {"images_per_s": 40.0, "latency_ms": 200.0}}
@@ -55,6 +57,6 @@ def test_report_has_every_section_ratio_and_plot(tmp_path: Path) -> None:
     text = output.read_text()
     assert "| 8 | 36.0 | 230 | 260 | 270 | {503: 1} | 0.90 | 0.90 |" in text  # e2e / direct best batch
     assert "= **50.0 ms**" in text  # 100 ms end-to-end p50 minus 50 ms direct latency
-    assert "| transfer (frontend <-> Triton, gRPC) | 5.0 |" in text  # 75 - 20 queue - 50 compute
+    assert "| transfer (frontend <-> Triton, gRPC) | 5.0 |" in text  # 75 seen by the frontend - 70 in Triton
     assert (tmp_path / "docs" / "img" / "bench_throughput.png").stat().st_size > 1000
     assert (tmp_path / "docs" / "img" / "bench_p95.png").stat().st_size > 1000
