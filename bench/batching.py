@@ -19,7 +19,7 @@ import numpy as np
 
 from embedded.tiny_model import build
 from embedded.triton_calls import Caller, Img2Img
-from embedded.triton_server import DEFAULT_MODEL_PATH, EmbeddedTriton, copy_model_repository, free_port
+from embedded.triton_server import DEFAULT_MODEL_PATH, EmbeddedTriton, copy_model_repository
 
 SETTINGS: dict[str, dict[str, str]] = {
     "batch_invariant (shipped)": {},
@@ -70,13 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.settings:
         with tempfile.TemporaryDirectory() as tmp:
             repository = copy_model_repository(Path(tmp), SETTINGS[name])
-            server = EmbeddedTriton(
-                model_repository=repository,
-                model_path=DEFAULT_MODEL_PATH,
-                http_port=free_port(),
-                grpc_port=free_port(),
-                metrics_port=free_port(),
-            )
+            server = EmbeddedTriton.on_free_ports(repository, DEFAULT_MODEL_PATH)
             with server:
                 caller = Caller(server.http_url)
                 image = rng.integers(0, 256, (args.size, args.size, 3), dtype=np.uint8)

@@ -23,7 +23,7 @@ from PIL import Image
 from embedded.frontend_process import API_KEYS, Frontend
 from embedded.tiny_model import build
 from embedded.triton_calls import Caller, Img2Img
-from embedded.triton_server import DEFAULT_MODEL_PATH, DEFAULT_MODEL_REPOSITORY, EmbeddedTriton, free_port
+from embedded.triton_server import DEFAULT_MODEL_PATH, DEFAULT_MODEL_REPOSITORY, EmbeddedTriton
 from frontend.generation import GenerationInput
 from frontend.triton_backend import TritonBackend
 
@@ -81,13 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     job = GenerationInput(
         prompt=body["prompt"], image=image, strength=args.strength, num_inference_steps=args.steps, seed=120
     )
-    triton = EmbeddedTriton(
-        model_repository=DEFAULT_MODEL_REPOSITORY,
-        model_path=DEFAULT_MODEL_PATH,
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
-    )
+    triton = EmbeddedTriton.on_free_ports(DEFAULT_MODEL_REPOSITORY, DEFAULT_MODEL_PATH)
     with triton, tempfile.TemporaryDirectory() as tmp:
         frontend = Frontend(Path(tmp), triton.grpc_url).start()
         try:

@@ -29,21 +29,14 @@ from bench.workload import Workload
 from embedded.frontend_process import API_KEYS, Frontend
 from embedded.tiny_model import build
 from embedded.triton_calls import Caller
-from embedded.triton_server import DEFAULT_MODEL_PATH, EmbeddedTriton, copy_model_repository, free_port
+from embedded.triton_server import DEFAULT_MODEL_PATH, EmbeddedTriton, copy_model_repository
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def start_triton(tmp: Path, model_path: str, replacements: dict[str, str]) -> EmbeddedTriton:
     repository = copy_model_repository(tmp / f"repo-{len(list(tmp.iterdir()))}", replacements)
-    return EmbeddedTriton(
-        model_repository=repository,
-        model_path=model_path,
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
-        ready_timeout_s=900,
-    ).start()
+    return EmbeddedTriton.on_free_ports(repository, model_path, ready_timeout_s=900).start()
 
 
 def direct(model_path: str, workload: Workload, determinism: str, seconds: float) -> dict[str, Any]:

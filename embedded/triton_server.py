@@ -121,6 +121,20 @@ class EmbeddedTriton:
     _log_tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=LOG_TAIL_LINES))
     _reader: threading.Thread | None = field(default=None, init=False)
 
+    @classmethod
+    def on_free_ports(
+        cls, model_repository: Path, model_path: Path | str, *, ready_timeout_s: float = 300.0
+    ) -> EmbeddedTriton:
+        """Not started; tests and benchmarks never take the default ports."""
+        return cls(
+            model_repository=model_repository,
+            model_path=model_path,
+            http_port=free_port(),
+            grpc_port=free_port(),
+            metrics_port=free_port(),
+            ready_timeout_s=ready_timeout_s,
+        )
+
     @property
     def http_url(self) -> str:
         return f"{self.host}:{self.http_port}"

@@ -17,11 +17,4 @@ def random_image(size: tuple[int, int] = (64, 64), seed: int = 0) -> np.ndarray:
 
 
 def start_triton(model_repository: Path, model_path: Path) -> EmbeddedTriton:
-    return EmbeddedTriton(
-        model_repository=model_repository,
-        model_path=model_path,
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
-        ready_timeout_s=240,
-    ).start()
+    return EmbeddedTriton.on_free_ports(model_repository, model_path, ready_timeout_s=240).start()

@@ -14,14 +14,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_model_that_fails_to_load_stops_the_launcher_with_the_log_tail(tmp_path: Path) -> None:
-    server = EmbeddedTriton(
-        model_repository=DEFAULT_MODEL_REPOSITORY,
-        model_path=tmp_path / "no-such-model",
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
-        ready_timeout_s=120,
-    )
+    server = EmbeddedTriton.on_free_ports(DEFAULT_MODEL_REPOSITORY, tmp_path / "no-such-model", ready_timeout_s=120)
     with pytest.raises(TritonStartError) as caught:
         server.start()
     message = str(caught.value)
