@@ -16,7 +16,7 @@ from .generation import GenerationInput
 from .keys import BACKEND, METRICS, READINESS, RUNS, SETTINGS, STORE
 from .middlewares import KEY_HASH
 from .openapi import openapi_document
-from .runs import ACCEPTED_MESSAGE, run_view
+from .runs import ACCEPTED_MESSAGE, consume_outcome, run_view
 from .schemas import parse_body
 
 
@@ -37,7 +37,7 @@ async def predict(request: web.Request) -> web.Response:
     await runs.create(prepared, request[KEY_HASH])
     task = runs.start(prepared.run_id, prepared.params, prepared.image, prepared.webhook_endpoint)
     if prepared.webhook_endpoint is not None:
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        task.add_done_callback(consume_outcome)
         answer: dict[str, Any] = {"run_id": prepared.run_id, "message": ACCEPTED_MESSAGE, "status": "queued"}
         if prepared.warnings:
             answer["warnings"] = prepared.warnings

@@ -213,7 +213,7 @@ class RunService:
                 continue
             image = await asyncio.to_thread(images.from_png_bytes, run.image_png)
             task = self.start(run.id, run.params, image, run.webhook_endpoint)
-            task.add_done_callback(_consume)
+            task.add_done_callback(consume_outcome)
             log.info("resuming run", extra={"run_id": run.id})
         return len(runs)
 
@@ -239,7 +239,7 @@ def _ms_since(start: float) -> float:
     return round((time.perf_counter() - start) * 1000, 2)
 
 
-def _consume(task: asyncio.Task[Any]) -> None:
+def consume_outcome(task: asyncio.Task[Any]) -> None:
     """Background runs report through the store and webhooks; swallow their raised ApiError here."""
     if not task.cancelled():
         task.exception()
