@@ -9,7 +9,7 @@ TRITON_ARGS ?=
 SETUP_STAMP := $(VENV)/.setup-stamp
 MODEL_STAMP := $(MODEL_DIR)/tiny_model_build.json
 
-.PHONY: setup model triton serve test lint bench bench-batching bench-latency clean
+.PHONY: setup model triton serve test lint reliability bench bench-batching bench-latency clean
 
 setup: $(SETUP_STAMP)
 
@@ -36,6 +36,11 @@ serve: model
 
 test: model lint
 	$(PY) -m pytest
+
+# The reliability groups at full scale (under 20 min here); writes docs/reliability.md. `make test` runs them small.
+reliability: model
+	$(PY) -m pytest tests/reliability --reliability-full; status=$$?; \
+	$(PY) -m tests.reliability.report && exit $$status
 
 # Every benchmark side by side (about 10 min here); writes docs/benchmarks.md and docs/img/*.png.
 # On a GPU machine: make bench BENCH_ARGS="--model-path /weights/sd15 --size 512 --steps 50 --strength 0.8"

@@ -1,11 +1,13 @@
-"""Session fixtures: the tiny model, one real tritonserver, the repository's helpers on ``sys.path``."""
+"""Session fixtures: the tiny model, one real tritonserver, frontends in front of it, helpers on ``sys.path``."""
 
 from __future__ import annotations
 
+import base64
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -14,7 +16,16 @@ sys.path.insert(0, str(MODEL_VERSION_DIR))  # img2img_requests / img2img_pipelin
 
 from embedded.triton_server import DEFAULT_MODEL_REPOSITORY, EmbeddedTriton  # noqa: E402
 
-from .support import start_triton  # noqa: E402
+from .e2e.servers import png_bytes  # noqa: E402
+from .support import API_KEYS, Frontend, start_triton  # noqa: E402
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--reliability-full",
+        action="store_true",
+        help="run tests/reliability at full scale (make reliability); default: the fast subset",
+    )
 
 
 @pytest.fixture(scope="session")
@@ -33,3 +44,37 @@ def triton(tiny_model_path: Path) -> Iterator[EmbeddedTriton]:
     server = start_triton(DEFAULT_MODEL_REPOSITORY, tiny_model_path)
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def frontend(triton: EmbeddedTriton, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Frontend]:
+    """The default frontend: 127.0.0.1 allowed for file_url and webhooks (our test servers live there)."""
+    server = Frontend(tmp_path_factory.mktemp("frontend"), triton.grpc_url).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def make_frontend(triton: EmbeddedTriton, tmp_path: Path) -> Iterator[Callable[..., Frontend]]:
+    """Frontends with other settings; stopped after the test."""
+    started: list[Frontend] = []
+
+    def make(data_dir: Path | None = None, triton_url: str | None = None, **settings: str) -> Frontend:
+        server = Frontend(data_dir or tmp_path / f"fe{len(started)}", triton_url or triton.grpc_url, settings)
+        started.append(server.start())
+        return server
+
+    yield make
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(headers={"Authorization": API_KEYS[0]}) as session:
+        yield session
+
+
+@pytest.fixture(scope="session")
+def image_b64() -> str:
+    return base64.b64encode(png_bytes()).decode()
