@@ -21,13 +21,19 @@ from .schemas import parse_body
 
 
 async def read_json(request: web.Request) -> Any:
-    text = await request.text()
+    raw = await request.read()
+    try:
+        text = raw.decode(request.charset or "utf-8")
+    except (UnicodeDecodeError, LookupError) as exc:  # not UTF-8 (binary, an image), or an unknown charset
+        raise InvalidJson(f"the body is not valid JSON: it is not {request.charset or 'utf-8'} text ({exc})") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise InvalidJson(
             f"the body is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno} (character {exc.pos})"
         ) from None
+    except (ValueError, RecursionError) as exc:  # an integer over 4300 digits, nesting too deep
+        raise InvalidJson(f"the body is not valid JSON: {exc}") from None
 
 
 async def predict(request: web.Request) -> web.Response:

@@ -28,7 +28,8 @@ READINESS = web.AppKey("readiness", dict)
 
 def key_hash(key: str) -> str:
     """Runs are owned by the SHA-256 of the key that created them; keys themselves are never stored."""
-    return hashlib.sha256(key.encode()).hexdigest()
+    # surrogatepass: header bytes that are not UTF-8 reach us as surrogates (a wrong key, not a 500).
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def match_key(presented: str, known_hashes: tuple[str, ...]) -> str | None:
