@@ -5,22 +5,22 @@ from __future__ import annotations
 import aiohttp
 from yarl import URL
 
-from .errors import FileUrlFailed, PayloadTooLarge
+from .errors import ApiError, FileUrlFailed, PayloadTooLarge
 from .netguard import AddressDenied
 
 ALLOWED_SCHEMES = {"http", "https"}
 
 
-def check_url(url: str, param: str) -> URL:
-    """Parse and check the scheme and host early, for a clear 4xx before any connection."""
+def check_url(url: str, param: str, error: type[ApiError] = FileUrlFailed) -> URL:
+    """Parse and check the scheme and host early, for a clear 4xx (``error``) before any connection."""
     try:
         parsed = URL(url)
     except (ValueError, TypeError) as exc:
-        raise FileUrlFailed(f"{param} is not a valid URL: {exc}", param=param) from None
+        raise error(f"{param} is not a valid URL: {exc}", param=param) from None
     if parsed.scheme not in ALLOWED_SCHEMES:
-        raise FileUrlFailed(f"{param} must use http or https but uses {parsed.scheme or 'no scheme'!r}", param=param)
+        raise error(f"{param} must use http or https but uses {parsed.scheme or 'no scheme'!r}", param=param)
     if not parsed.host:
-        raise FileUrlFailed(f"{param} has no host: {url!r}", param=param)
+        raise error(f"{param} has no host: {url!r}", param=param)
     return parsed
 
 

@@ -6,6 +6,7 @@ connection, IP literals and redirect hops included (a resolver-only check is byp
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import socket
 from collections.abc import Sequence
@@ -66,6 +67,48 @@ def denial_reason(address: IPAddress, allowed: Sequence[Network]) -> str | None:
             return f"{address} is in the non-public range {network}"
     if not address.is_global:
         return f"{address} is not a public address"
+    return None
+
+
+def literal_address(host: str) -> IPAddress | None:
+    """The address ``host`` spells literally, or None for a name.
+
+    Beyond standard literals this accepts every legacy IPv4 form that ``getaddrinfo`` (``inet_aton``)
+    turns into an address: ``127.1``, ``2130706433``, ``0x7f000001``, ``017700000001``, ``0177.0.0.1``.
+    """
+    host = host.removeprefix("[").removesuffix("]")
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(host))
+    except (OSError, ValueError):
+        return None
+
+
+async def host_denial_reason(
+    host: str, port: int, allowed: Sequence[Network], resolve_timeout_s: float = 2.0
+) -> str | None:
+    """Early check of a URL's host (literal in any spelling, or a name and every address it resolves to).
+
+    Only for a clear 4xx before anything is accepted: a name may resolve differently later (DNS
+    rebinding), so the socket factory below still checks every real connection. A name that does not
+    resolve now passes here (nothing can connect to it; the connect-time check decides later).
+    """
+    literal = literal_address(host)
+    if literal is not None:
+        return denial_reason(literal, allowed)
+    try:
+        infos = await asyncio.wait_for(
+            asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM), resolve_timeout_s
+        )
+    except (OSError, TimeoutError, UnicodeError):
+        return None
+    for *_, sockaddr in infos:
+        reason = denial_reason(ipaddress.ip_address(sockaddr[0]), allowed)
+        if reason is not None:
+            return f"{host} resolves to {sockaddr[0]}: {reason}"
     return None
 
 

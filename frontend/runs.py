@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import logging
 import time
@@ -19,7 +18,7 @@ from .errors import ApiError, BackendUnavailable, InvalidRequest
 from .fetch import check_url, fetch_file_url
 from .generation import GenerationInput
 from .metrics import Metrics
-from .netguard import denial_reason
+from .netguard import host_denial_reason
 from .schemas import PredictBody
 from .settings import Settings
 from .store import Delivery, Run, RunStore
@@ -61,7 +60,7 @@ class RunService:
         timings: dict[str, float] = {}
         started = time.perf_counter()
         if body.webhook_endpoint is not None:
-            self._check_webhook_endpoint(body.webhook_endpoint)
+            await self._check_webhook_endpoint(body.webhook_endpoint)
         if body.image:
             if body.file_url:
                 warnings.append(BOTH_SOURCES_WARNING)
@@ -93,13 +92,12 @@ class RunService:
         params["timings_ms"] = timings
         return PreparedRun(str(uuid.uuid4()), params, image, body.webhook_endpoint, warnings)
 
-    def _check_webhook_endpoint(self, url: str) -> None:
-        parsed = check_url(url, "webhook_endpoint")
-        try:
-            literal = ipaddress.ip_address(parsed.host or "")
-        except ValueError:
-            return  # a name: checked against the real address when we connect
-        reason = denial_reason(literal, self.settings.allow_private_networks)
+    async def _check_webhook_endpoint(self, url: str) -> None:
+        # Early and clear (literals in any spelling, names as they resolve now); every delivery's real
+        # connection is checked again, so a name that resolves elsewhere later (DNS rebinding) is refused.
+        parsed = check_url(url, "webhook_endpoint", InvalidRequest)
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        reason = await host_denial_reason(parsed.host or "", port, self.settings.allow_private_networks)
         if reason is not None:
             raise InvalidRequest(f"webhook_endpoint is not allowed: {reason}", param="webhook_endpoint")
 
