@@ -1,5 +1,8 @@
 """``make serve``: the embedded Triton (tiny model) and the frontend, in one foreground command.
 
+A supervisor thread (``embedded/supervisor.py``) probes Triton with a canary inference and restarts it
+when it died or its Python stub did (Triton 2.51 restarts neither by itself).
+
 Settings come from ``SD_*`` variables as in production; what a dev machine lacks is filled in and
 printed: an API key (``SD_API_KEYS``), a webhook secret (``SD_WEBHOOK_SECRET``) and the Triton URL.
 """
@@ -13,6 +16,7 @@ import secrets
 import sys
 from pathlib import Path
 
+from embedded.supervisor import Supervisor
 from embedded.tiny_model import build
 from embedded.triton_server import DEFAULT_MODEL_PATH, EmbeddedTriton, TritonStartError
 
@@ -23,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--triton-http-port", type=int, default=8000)
     parser.add_argument("--triton-grpc-port", type=int, default=8001)
     parser.add_argument("--triton-metrics-port", type=int, default=8002)
+    parser.add_argument(
+        "--supervise-interval", type=float, default=5.0, help="seconds between Triton canaries (0: no supervisor)"
+    )
     args = parser.parse_args(argv)
 
     if Path(args.model_path) == DEFAULT_MODEL_PATH:
@@ -52,6 +59,12 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["SD_WEBHOOK_SECRET"] = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
         notes.append(f"webhook secret (dev, generated): {os.environ['SD_WEBHOOK_SECRET']}")
 
+    supervisor = None
+    if args.supervise_interval > 0:
+        supervisor = Supervisor(
+            triton, interval_s=args.supervise_interval, report=lambda m: print(f"supervisor: {m}", flush=True)
+        ).start()
+
     from frontend.__main__ import main as frontend_main
     from frontend.settings import Settings
 
@@ -66,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         frontend_main()
     finally:
+        if supervisor is not None:
+            supervisor.stop(timeout_s=2)
         triton.stop()
     return 0
 

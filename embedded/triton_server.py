@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -30,6 +32,7 @@ DEFAULT_MODEL_REPOSITORY = REPO_ROOT / "model_repository"
 DEFAULT_BUILD_DIR = REPO_ROOT / ".build" / "triton"
 DEFAULT_MODEL_PATH = REPO_ROOT / ".models" / "tiny-sd-img2img"
 LOG_TAIL_LINES = 60
+SHM_DIR = Path("/dev/shm")  # noqa: S108 - only our own prefixed files are removed
 
 
 def free_port() -> int:
@@ -117,6 +120,9 @@ class EmbeddedTriton:
     echo_logs: bool = False
     log_file: Path | None = None
     extra_args: list[str] = field(default_factory=list)
+    # The Python backend's shared-memory regions get this per-server prefix, so the ones a killed server
+    # (or a SIGKILLed stub) leaves in /dev/shm can be removed: 16 MiB each otherwise, until reboot.
+    shm_prefix: str = field(default_factory=lambda: f"triton_sd_{os.getpid()}_{secrets.token_hex(4)}")
     process: subprocess.Popen[str] | None = field(default=None, init=False)
     _log_tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=LOG_TAIL_LINES))
     _reader: threading.Thread | None = field(default=None, init=False)
@@ -161,13 +167,29 @@ class EmbeddedTriton:
             # Images travel through shared memory; start big enough for a batch of 512 px images.
             "--backend-config=python,shm-default-byte-size=16777216",
             "--backend-config=python,shm-growth-byte-size=16777216",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
             *self.extra_args,
         ]
 
     def log_tail(self) -> str:
         return "".join(self._log_tail)
 
+    def remove_shm_regions(self) -> int:
+        """Unlink this server's leftover shared-memory regions (call only while it is not running)."""
+        removed = 0
+        for region in SHM_DIR.glob(f"{self.shm_prefix}*"):
+            try:
+                region.unlink()
+                removed += 1
+            except OSError:
+                pass
+        return removed
+
     def start(self) -> EmbeddedTriton:
+        """Start (or, after ``stop()`` or a crash, start again on the same ports) and wait until ready."""
+        if self.process is not None and self.process.poll() is None:
+            raise RuntimeError("tritonserver is already running")
+        self.remove_shm_regions()
         self.process = subprocess.Popen(
             self.command(),
             env=server_environment(self.model_path),
@@ -211,6 +233,7 @@ class EmbeddedTriton:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 self._join_reader()
+                self.remove_shm_regions()
                 raise TritonStartError(
                     f"tritonserver exited with code {self.process.returncode} before it was ready; log tail:\n"
                     + self.log_tail()
@@ -232,6 +255,7 @@ class EmbeddedTriton:
             self.process.send_signal(signum)
 
     def stop(self, timeout_s: float = 30.0) -> int | None:
+        """SIGTERM, then SIGKILL after ``timeout_s`` (a server whose stub died never finishes a graceful stop)."""
         if self.process is None:
             return None
         if self.process.poll() is None:
@@ -241,7 +265,11 @@ class EmbeddedTriton:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        # A SIGKILLed tritonserver leaves its Python stub running (it shares the server's session/group).
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
         self._join_reader()
+        self.remove_shm_regions()
         return self.process.returncode
 
     def __enter__(self) -> EmbeddedTriton:

@@ -32,7 +32,7 @@ class Settings(BaseSettings):
     triton_url: str = "127.0.0.1:8001"  # gRPC
     triton_model: str = "sd_img2img"
     triton_timeout_s: float = 300.0
-    readyz_cache_s: float = 5.0
+    readyz_cache_s: float = 2.0  # a dead stub shows within about this plus one canary (1 s)
     canary_timeout_s: float = 10.0
 
     # Request bounds

@@ -18,6 +18,11 @@ CHANNEL_ARGS = [
     # With a "dns:///host:port" URL naming a headless Service, calls spread over every Triton pod;
     # a plain ClusterIP would pin this process's one HTTP/2 connection to a single pod.
     ("grpc.lb_policy_name", "round_robin"),
+    # Reconnect soon after a Triton restart: gRPC's default backoff grows to 120 s, so a channel that
+    # failed through a 10 s restart could stay down for tens of seconds more (calls fail fast meanwhile).
+    ("grpc.initial_reconnect_backoff_ms", 500),
+    ("grpc.min_reconnect_backoff_ms", 500),
+    ("grpc.max_reconnect_backoff_ms", 2000),
 ]
 _INVALID_INPUT = re.compile(r"invalid input '(?P<name>\w+)': (?P<detail>.*)", re.DOTALL)
 
