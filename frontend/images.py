@@ -9,7 +9,7 @@ import re
 import warnings
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from .errors import InvalidImage, InvalidRequest, PayloadTooLarge, UnsupportedImage
 
@@ -28,6 +28,11 @@ def decode_base64(text: str, *, max_bytes: int) -> bytes:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise InvalidRequest(f"image is not valid base64: {exc}", param="image") from None
+
+
+def load_base64_image(text: str, *, max_bytes: int, max_pixels: int, max_side: int) -> np.ndarray:
+    """``decode_base64`` then ``load_image``: one trip to a worker thread instead of two."""
+    return load_image(decode_base64(text, max_bytes=max_bytes), param="image", max_pixels=max_pixels, max_side=max_side)
 
 
 def fit_size(width: int, height: int, max_side: int) -> tuple[int, int]:
@@ -55,7 +60,11 @@ def load_image(data: bytes, *, param: str, max_pixels: int, max_side: int) -> np
                         param=param,
                     )
                 image.seek(0)
-                rgb = _to_rgb(ImageOps.exif_transpose(image) or image)
+                # exif_transpose copies even an upright image: only call it when there is a rotation.
+                upright: Image.Image = image
+                if image.getexif().get(ExifTags.Base.Orientation, 1) != 1:
+                    upright = ImageOps.exif_transpose(image) or image
+                rgb = _to_rgb(upright)
     except UnidentifiedImageError:
         raise UnsupportedImage(
             f"{param} is not an image in an accepted format ({', '.join(ACCEPTED_FORMATS)})", param=param

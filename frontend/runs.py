@@ -61,14 +61,18 @@ class RunService:
         started = time.perf_counter()
         if body.webhook_endpoint is not None:
             await self._check_webhook_endpoint(body.webhook_endpoint)
+        limits = {"max_pixels": self.settings.max_image_pixels, "max_side": self.settings.max_image_side}
         if body.image:
             if body.file_url:
                 warnings.append(BOTH_SOURCES_WARNING)
-            param, source = "image", "image"
-            data = await asyncio.to_thread(images.decode_base64, body.image, max_bytes=self.settings.max_image_bytes)
+            source = "image"
+            image = await asyncio.to_thread(
+                images.load_base64_image, body.image, max_bytes=self.settings.max_image_bytes, **limits
+            )
+            timings["decode"] = _ms_since(started)
         else:
             assert body.file_url is not None
-            param, source = "file_url", "file_url"
+            source = "file_url"
             data = await fetch_file_url(
                 self.session,
                 body.file_url,
@@ -78,15 +82,9 @@ class RunService:
                 total_timeout_s=self.settings.fetch_total_timeout_s,
             )
             timings["fetch"] = _ms_since(started)
-        decode_started = time.perf_counter()
-        image = await asyncio.to_thread(
-            images.load_image,
-            data,
-            param=param,
-            max_pixels=self.settings.max_image_pixels,
-            max_side=self.settings.max_image_side,
-        )
-        timings["decode"] = _ms_since(decode_started if "fetch" in timings else started)
+            decode_started = time.perf_counter()
+            image = await asyncio.to_thread(images.load_image, data, param="file_url", **limits)
+            timings["decode"] = _ms_since(decode_started)
         params = body.model_dump(exclude={"image", "file_url", "webhook_endpoint"})
         params.update(image_source=source, warnings=warnings, width=int(image.shape[1]), height=int(image.shape[0]))
         params["timings_ms"] = timings
@@ -103,6 +101,12 @@ class RunService:
 
     # 2. Record it before answering.
     async def create(self, prepared: PreparedRun, key_hash: str) -> None:
+        if prepared.webhook_endpoint is None:
+            # Synchronous: the caller holds the connection and retries if it breaks, so after a crash
+            # there is no one to resume for. No input image is kept (a PNG encode per request saved,
+            # 40 ms at 512x512) and the run starts as 'processing' (one commit fewer).
+            await self.store.create_run(prepared.run_id, key_hash, prepared.params, None, None, "processing")
+            return
         png = await asyncio.to_thread(images.png_bytes, prepared.image)
         await self.store.create_run(prepared.run_id, key_hash, prepared.params, png, prepared.webhook_endpoint)
 
@@ -136,7 +140,8 @@ class RunService:
             seed=-1 if params["seed"] is None else params["seed"],
             scheduler=params["scheduler"],
         )
-        await self.store.mark_processing(run_id)
+        if webhook_endpoint is not None:  # synchronous runs are created 'processing'
+            await self.store.mark_processing(run_id)
         started = time.perf_counter()
         retry_until = time.monotonic() + (self.settings.async_retry_window_s if webhook_endpoint else 0.0)
         while True:
@@ -207,7 +212,12 @@ class RunService:
     async def resume_unfinished(self) -> int:
         runs = await self.store.unfinished_runs()
         for run in runs:
-            if run.id in self._tasks or run.image_png is None:
+            if run.id in self._tasks:
+                continue
+            if run.image_png is None:  # a synchronous run: its caller saw the connection break
+                error = BackendUnavailable("the server restarted before this run finished; send it again")
+                body = {"run_id": run.id, "message": "Failed to generate image", **error.body()}
+                await self.store.finish_run(run.id, "failed", body, None)
                 continue
             image = await asyncio.to_thread(images.from_png_bytes, run.image_png)
             task = self.start(run.id, run.params, image, run.webhook_endpoint)

@@ -96,13 +96,21 @@ class RunStore:
         return self._db
 
     async def create_run(
-        self, run_id: str, key_hash: str, params: dict[str, Any], image_png: bytes, webhook_endpoint: str | None
+        self,
+        run_id: str,
+        key_hash: str,
+        params: dict[str, Any],
+        image_png: bytes | None,
+        webhook_endpoint: str | None,
+        status: str = "queued",
     ) -> None:
+        now = time.time()
         await self.db.execute(
-            "INSERT INTO runs (id, key_hash, status, created_at, params, image_png, webhook_endpoint)"
-            " VALUES (?, ?, 'queued', ?, ?, ?, ?)",
-            (run_id, key_hash, time.time(), json.dumps(params), image_png, webhook_endpoint),
-        )
+            "INSERT INTO runs (id, key_hash, status, created_at, started_at, params, image_png, webhook_endpoint)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (run_id, key_hash, status, now, now if status == "processing" else None, json.dumps(params), image_png,
+             webhook_endpoint),
+        )  # fmt: skip
         await self.db.commit()
 
     async def mark_processing(self, run_id: str) -> None:

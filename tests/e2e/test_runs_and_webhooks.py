@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -181,6 +182,30 @@ async def test_run_interrupted_by_a_crash_is_resumed_after_restart(
         await listener.stop()
     headers, raw, _ = receiver.received[-1]
     assert Webhook(WEBHOOK_SECRET).verify(raw, headers)["result"] == view["result"]
+
+
+async def test_synchronous_run_cut_by_a_crash_is_marked_failed_not_left_processing(
+    http: aiohttp.ClientSession, make_frontend: Callable[..., Frontend], image_b64: str, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "crash-sync"
+    first = make_frontend(data_dir=data_dir)
+    request = asyncio.create_task(post(http, first, seed_body(image_b64, num_inference_steps=150, strength=1.0)))
+    run_id = None
+    for _ in range(200):  # the run is in the store as soon as it is accepted
+        with sqlite3.connect(data_dir / "runs.sqlite3") as db:
+            row = db.execute("SELECT id, status, image_png FROM runs").fetchone()
+        if row is not None:
+            run_id, status, image_png = row
+            break
+        await asyncio.sleep(0.05)
+    assert run_id is not None and status == "processing" and image_png is None  # no input kept for sync runs
+    first.stop(signal.SIGKILL)
+    with pytest.raises(aiohttp.ClientError):
+        await request
+    second = make_frontend(data_dir=data_dir)
+    view = await wait_for_run(http, second, run_id, "failed")
+    assert view["error"]["code"] == "backend_unavailable"
+    assert "restarted before this run finished" in view["error"]["message"]
 
 
 async def test_graceful_shutdown_finishes_in_flight_requests(
