@@ -1,7 +1,9 @@
 """The limit: the same work through the model's own pipeline code, in one process, no serving.
 
 Runs ``Img2ImgRunner`` (what ``model.py`` runs, with the same determinism mode) sequentially and at
-each batch size, and reports images/s. Run alone (no servers) so it has the CPU to itself.
+each batch size, and reports images/s. Run alone (no servers busy) so it has the CPU to itself.
+``--serve`` keeps the pipeline loaded and measures once per stdin line, so ``make bench`` can
+interleave direct and end-to-end measurements (drift on a shared VM then hits both alike).
 """
 
 from __future__ import annotations
@@ -11,51 +13,57 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 MODEL_DIR = Path(__file__).resolve().parent.parent / "model_repository" / "sd_img2img" / "1"
 
 
-def measure(model_path: str, workload_args: dict, determinism: str, batch_sizes: list[int], seconds: float) -> dict:
-    sys.path.insert(0, str(MODEL_DIR))
-    import numpy as np
-    import torch
+class Direct:
+    def __init__(self, model_path: str, workload_args: dict[str, Any], determinism: str) -> None:
+        sys.path.insert(0, str(MODEL_DIR))
+        import torch
 
-    from bench.workload import Workload
-    from img2img_pipeline import Img2ImgRunner
-    from img2img_requests import Defaults, Limits, PipelineCall, check_inputs
+        from bench.workload import Workload
+        from img2img_pipeline import Img2ImgRunner
 
-    workload = Workload(**workload_args)
-    on_gpu = torch.cuda.is_available()
-    runner = Img2ImgRunner(
-        model_path,
-        device="cuda" if on_gpu else "cpu",
-        dtype=torch.float16 if on_gpu else torch.float32,
-        determinism=determinism,
-    )
-    images = workload.images()
+        self.workload = Workload(**workload_args)
+        on_gpu = torch.cuda.is_available()
+        self.runner = Img2ImgRunner(
+            model_path,
+            device="cuda" if on_gpu else "cpu",
+            dtype=torch.float16 if on_gpu else torch.float32,
+            determinism=determinism,
+        )
+        self.images = self.workload.images()
 
-    def request(i: int):  # type: ignore[no-untyped-def]
+    def request(self, i: int) -> Any:
+        import numpy as np
+
+        from img2img_requests import Defaults, Limits, check_inputs
+
+        w = self.workload
         arrays = {
-            "prompt": np.array([[workload.prompt(i).encode()]], dtype=object),
-            "image": images[i % len(images)][np.newaxis],
-            "strength": np.array([[workload.strength]], np.float32),
-            "num_inference_steps": np.array([[workload.num_inference_steps]], np.int32),
-            "guidance_scale": np.array([[workload.guidance_scale]], np.float32),
-            "seed": np.array([[workload.seed(i)]], np.int64),
+            "prompt": np.array([[w.prompt(i).encode()]], dtype=object),
+            "image": self.images[i % len(self.images)][np.newaxis],
+            "negative_prompt": np.array([[b"blurry" if i % 2 else b""]], dtype=object),
+            "strength": np.array([[w.strength]], np.float32),
+            "num_inference_steps": np.array([[w.num_inference_steps]], np.int32),
+            "guidance_scale": np.array([[w.guidance_scale]], np.float32),
+            "seed": np.array([[w.seed(i)]], np.int64),
         }
-        return check_inputs(i, arrays, defaults=Defaults(), limits=Limits(), schedulers=runner.scheduler_names)
+        return check_inputs(i, arrays, defaults=Defaults(), limits=Limits(), schedulers=self.runner.scheduler_names)
 
-    results = {}
-    for batch in batch_sizes:
-        call = PipelineCall(request(0).group_key, tuple(request(i) for i in range(batch)))
-        runner.run(call)  # warm
+    def measure(self, batch: int, seconds: float) -> dict[str, float]:
+        from img2img_requests import PipelineCall
+
+        call = PipelineCall(self.request(0).group_key, tuple(self.request(i) for i in range(batch)))
+        self.runner.run(call)  # warm
         done, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds or done < 3 * batch:
-            runner.run(call)
+            self.runner.run(call)
             done += batch
         elapsed = time.perf_counter() - start
-        results[str(batch)] = {"images_per_s": done / elapsed, "latency_ms": 1000 * elapsed / (done / batch)}
-    return results
+        return {"images_per_s": done / elapsed, "latency_ms": 1000 * elapsed / (done / batch)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,12 +73,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--determinism", default="batch_invariant")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--serve", action="store_true", help='read {"batch": N, "seconds": S} lines from stdin')
     args = parser.parse_args(argv)
-    print(
-        json.dumps(
-            measure(args.model_path, json.loads(args.workload), args.determinism, args.batch_sizes, args.seconds)
-        )
-    )
+    direct = Direct(args.model_path, json.loads(args.workload), args.determinism)
+    if args.serve:
+        print(json.dumps({"ready": True}), flush=True)
+        for line in sys.stdin:
+            ask = json.loads(line)
+            print(json.dumps(direct.measure(int(ask["batch"]), float(ask["seconds"]))), flush=True)
+        return 0
+    print(json.dumps({str(batch): direct.measure(batch, args.seconds) for batch in args.batch_sizes}))
     return 0
 
 

@@ -81,22 +81,35 @@ def write_input_data(path: Path, workload: Workload) -> Path:
     return path
 
 
-def run(grpc_url: str, input_data: Path, concurrency: int, requests_per_window: int, out_csv: Path) -> dict:
+def run(
+    grpc_url: str,
+    input_data: Path,
+    concurrency: int,
+    requests_per_window: int,
+    out_csv: Path,
+    model: str = "sd_img2img",
+) -> dict:
     """One concurrency level; returns throughput, client percentiles and Triton's server-side split (ms).
 
     A 2-core machine is noisy: when three windows do not agree within 50%, measure again with windows
     twice as long and a 100% band rather than report nothing."""
     try:
-        return _run(grpc_url, input_data, concurrency, requests_per_window, out_csv, stability=50)
+        return _run(grpc_url, input_data, concurrency, requests_per_window, out_csv, model, stability=50)
     except RuntimeError:
-        return _run(grpc_url, input_data, concurrency, 2 * requests_per_window, out_csv, stability=100)
+        return _run(grpc_url, input_data, concurrency, 2 * requests_per_window, out_csv, model, stability=100)
 
 
 def _run(
-    grpc_url: str, input_data: Path, concurrency: int, requests_per_window: int, out_csv: Path, stability: int
+    grpc_url: str,
+    input_data: Path,
+    concurrency: int,
+    requests_per_window: int,
+    out_csv: Path,
+    model: str,
+    stability: int,
 ) -> dict:
     command = [
-        str(binary()), "-m", "sd_img2img", "-u", grpc_url, "-i", "grpc", "--input-data", str(input_data),
+        str(binary()), "-m", model, "-u", grpc_url, "-i", "grpc", "--input-data", str(input_data),
         "--concurrency-range", f"{concurrency}:{concurrency}", "--measurement-mode", "count_windows",
         "--measurement-request-count", str(requests_per_window), "--max-trials", "10",
         "--stability-percentage", str(stability),

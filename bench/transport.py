@@ -1,0 +1,118 @@
+"""gRPC vs HTTP from an asyncio client to Triton: the choice the frontend makes (it uses ``grpc.aio``).
+
+The same requests at the same concurrency through ``tritonclient.grpc.aio`` and ``tritonclient.http.aio``
+(binary tensors), as the frontend would send them: every input, one request per image.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as grpcaio
+import tritonclient.http as httpclient
+import tritonclient.http.aio as httpaio
+
+from bench.load import percentile
+from bench.workload import Workload
+from frontend.triton_backend import CHANNEL_ARGS
+
+MODEL = "sd_img2img"
+
+
+def _tensors(workload: Workload, i: int, image: np.ndarray) -> list[tuple[str, np.ndarray, str]]:
+    return [
+        ("prompt", np.array([[workload.prompt(i).encode()]], dtype=object), "BYTES"),
+        ("image", image[np.newaxis], "UINT8"),
+        ("negative_prompt", np.array([[b"blurry" if i % 2 else b""]], dtype=object), "BYTES"),
+        ("strength", np.array([[workload.strength]], np.float32), "FP32"),
+        ("num_inference_steps", np.array([[workload.num_inference_steps]], np.int32), "INT32"),
+        ("guidance_scale", np.array([[workload.guidance_scale]], np.float32), "FP32"),
+        ("num_images_per_prompt", np.array([[1]], np.int32), "INT32"),
+        ("seed", np.array([[workload.seed(i)]], np.int64), "INT64"),
+        ("scheduler", np.array([[b""]], dtype=object), "BYTES"),
+    ]
+
+
+async def closed_loop_grpc(
+    url: str, workload: Workload, concurrency: int, requests: int, model: str = MODEL
+) -> list[float]:
+    client = grpcaio.InferenceServerClient(url, channel_args=CHANNEL_ARGS)
+    images = workload.images()
+
+    def inputs(i: int) -> list[grpcclient.InferInput]:
+        out = []
+        for name, array, datatype in _tensors(workload, i, images[i % len(images)]):
+            tensor = grpcclient.InferInput(name, list(array.shape), datatype)
+            tensor.set_data_from_numpy(array)
+            out.append(tensor)
+        return out
+
+    try:
+        return await _closed_loop(lambda i: client.infer(model, inputs(i)), concurrency, requests)
+    finally:
+        await client.close()
+
+
+async def closed_loop_http(
+    url: str, workload: Workload, concurrency: int, requests: int, model: str = MODEL
+) -> list[float]:
+    client = httpaio.InferenceServerClient(url, conn_limit=concurrency)
+    images = workload.images()
+    outputs = [httpclient.InferRequestedOutput(name, binary_data=True) for name in ("images", "seeds")]
+
+    def inputs(i: int) -> list[httpclient.InferInput]:
+        out = []
+        for name, array, datatype in _tensors(workload, i, images[i % len(images)]):
+            tensor = httpclient.InferInput(name, list(array.shape), datatype)
+            tensor.set_data_from_numpy(array, binary_data=True)
+            out.append(tensor)
+        return out
+
+    try:
+        return await _closed_loop(lambda i: client.infer(model, inputs(i), outputs=outputs), concurrency, requests)
+    finally:
+        await client.close()
+
+
+async def _closed_loop(call: Any, concurrency: int, requests: int) -> list[float]:
+    latencies: list[float] = []
+    counter = iter(range(requests))
+
+    async def worker() -> None:
+        for i in counter:
+            start = time.perf_counter()
+            result = await call(i)
+            if result.as_numpy("images") is None:
+                raise RuntimeError("no images in the answer")
+            latencies.append(time.perf_counter() - start)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies
+
+
+async def compare(
+    grpc_url: str, http_url: str, workload: Workload, levels: list[int], requests: int
+) -> list[dict[str, Any]]:
+    """Rows of protocol x concurrency; protocols alternate per level so drift hits both alike."""
+    rows = []
+    for level in levels:
+        for protocol, run, url in (("grpc", closed_loop_grpc, grpc_url), ("http", closed_loop_http, http_url)):
+            await run(url, workload, level, level)  # warm the connection
+            start = time.perf_counter()
+            latencies = await run(url, workload, level, max(requests, 4 * level))
+            elapsed = time.perf_counter() - start
+            ms = [s * 1000 for s in latencies]
+            rows.append(
+                {
+                    "protocol": protocol,
+                    "concurrency": level,
+                    "req_s": len(ms) / elapsed,
+                    "p50_ms": percentile(ms, 0.5),
+                    "p95_ms": percentile(ms, 0.95),
+                }
+            )
+    return rows
