@@ -58,12 +58,16 @@ class Direct:
 
         call = PipelineCall(self.request(0).group_key, tuple(self.request(i) for i in range(batch)))
         self.runner.run(call)  # warm
-        done, start = 0, time.perf_counter()
+        done, start, cpu_start = 0, time.perf_counter(), time.process_time()
         while time.perf_counter() - start < seconds or done < 3 * batch:
             self.runner.run(call)
             done += batch
         elapsed = time.perf_counter() - start
-        return {"images_per_s": done / elapsed, "latency_ms": 1000 * elapsed / (done / batch)}
+        return {
+            "images_per_s": done / elapsed,
+            "latency_ms": 1000 * elapsed / (done / batch),
+            "cpu_ms_per_image": 1000 * (time.process_time() - cpu_start) / done,  # all threads of this process
+        }
 
 
 def main(argv: list[str] | None = None) -> int:

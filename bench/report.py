@@ -142,6 +142,28 @@ def _paired_section(results: dict[str, Any]) -> list[str]:
         " then about 5 s of end-to-end requests at concurrency 8; the VM's drift hits both alike): end-to-end"
         f" {_range(paired['e2e_images_s'])} img/s vs direct {_range(paired['direct_images_s'])} img/s:"
         f" **ratio {_range(ratio, '.2f')}** (median, min-max).",
+    ] + _cpu_budget(paired)
+
+
+def _cpu_budget(paired: dict[str, Any]) -> list[str]:
+    """Where a CPU-only machine's cores go per image, and the ratio that leaves at best."""
+    if "e2e_cpu_ms_per_image" not in paired:
+        return []
+    direct = paired["direct_cpu_ms_per_image"]
+    parts = paired["e2e_cpu_ms_per_image"]
+    total = sum(parts.values())
+    return [
+        "",
+        "CPU time per image over the same rounds (median; user + system, all threads). Here the serving processes"
+        " and the load generator share the cores with the model, so when the cores are saturated end-to-end can"
+        f" reach at most direct CPU / end-to-end CPU = {direct:.1f} / {total:.1f} = **{direct / total:.2f}** of the"
+        " direct throughput; on a GPU machine the model's work leaves the CPU and this bound goes away.",
+        "",
+        "| process | CPU ms per image |",
+        "|---|---|",
+        f"| direct pipeline (the limit) | {direct:.1f} |",
+        *(f"| end-to-end: {name} | {ms:.1f} |" for name, ms in parts.items()),
+        f"| end-to-end: total | {total:.1f} |",
     ]
 
 

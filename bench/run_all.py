@@ -31,6 +31,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from bench import codecs, load, perf_analyzer, profile, transport
 from bench.report import write_report
 from bench.workload import Workload
@@ -134,21 +136,57 @@ def end_to_end(frontend: Frontend, stats: Caller, workload: Workload, levels: li
     return rows
 
 
-def paired_rounds(direct: DirectProcess, frontend: Frontend, workload: Workload, rounds: int) -> dict[str, Any]:
-    """Direct batch 8 and end-to-end concurrency 8, alternating, so VM drift hits both alike."""
+def _cpu_s(processes: list[psutil.Process]) -> float:
+    return float(sum(t.user + t.system for t in (p.cpu_times() for p in processes)))
+
+
+def paired_rounds(
+    direct: DirectProcess, frontend: Frontend, triton: EmbeddedTriton, workload: Workload, rounds: int
+) -> dict[str, Any]:
+    """Direct batch 8 and end-to-end concurrency 8, alternating, so VM drift hits both alike.
+
+    Also the CPU each image costs, per process: on a CPU-only machine the serving processes share the
+    cores with the model, so their CPU time bounds how close end-to-end can come to the direct run.
+    """
+    assert frontend.process is not None and triton.process is not None
+    server = psutil.Process(triton.process.pid)
+    parts = {
+        "model (Triton's Python stub)": server.children(recursive=True),
+        "tritonserver": [server],
+        "frontend": [psutil.Process(frontend.process.pid)],
+        "load generator": [psutil.Process()],
+    }
     pairs = []
     for _ in range(rounds):
-        alone = direct.measure(8, 5.0)["images_per_s"]
+        alone = direct.measure(8, 5.0)
         # About as long as the direct measurement (5 s here), after an untimed warm-up cycle.
         asyncio.run(load.run(frontend.url, API_KEYS[0], workload, 8, 8))
-        served = asyncio.run(load.run(frontend.url, API_KEYS[0], workload, 8, max(64, round(5 * alone))))
-        pairs.append({"direct_images_s": alone, "e2e_images_s": served["images_s"], "errors": served["errors"]})
-        print(f"  round: direct {alone:.1f} img/s, end-to-end {served['images_s']:.1f} img/s", flush=True)
+        before = {name: _cpu_s(procs) for name, procs in parts.items()}
+        requests = max(64, round(5 * alone["images_per_s"]))
+        served = asyncio.run(load.run(frontend.url, API_KEYS[0], workload, 8, requests))
+        images = requests - sum(served["errors"].values())
+        cpu = {name: 1000 * (_cpu_s(procs) - before[name]) / images for name, procs in parts.items()}
+        pairs.append(
+            {
+                "direct_images_s": alone["images_per_s"],
+                "direct_cpu_ms_per_image": alone["cpu_ms_per_image"],
+                "e2e_images_s": served["images_s"],
+                "e2e_cpu_ms_per_image": cpu,
+                "errors": served["errors"],
+            }
+        )
+        print(
+            f"  round: direct {alone['images_per_s']:.1f} img/s, end-to-end {served['images_s']:.1f} img/s", flush=True
+        )
     return {
         "pairs": pairs,
         "ratio": spread([p["e2e_images_s"] / p["direct_images_s"] for p in pairs]),
         "direct_images_s": spread([p["direct_images_s"] for p in pairs]),
         "e2e_images_s": spread([p["e2e_images_s"] for p in pairs]),
+        "direct_cpu_ms_per_image": statistics.median(p["direct_cpu_ms_per_image"] for p in pairs),
+        "e2e_cpu_ms_per_image": {
+            name: statistics.median(p["e2e_cpu_ms_per_image"][name] for p in pairs) for name in parts
+        },
     }
 
 
@@ -257,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 stats = Caller(triton.http_url)
                 results["e2e"] = end_to_end(frontend, stats, workload, args.concurrency)
-                results["paired"] = paired_rounds(direct, frontend, workload, args.rounds)
+                results["paired"] = paired_rounds(direct, frontend, triton, workload, args.rounds)
                 results["profile"] = profile_frontend(frontend, workload, tmp, args.profile_s)
             finally:
                 frontend.stop()

@@ -278,15 +278,17 @@ async def test_triton_slow_to_become_ready(
 
     before = [o for o in outcomes if o.started < triton_ready_at]
     refused_cleanly = [o for o in before if o.status == 503 and o.clean and o.retry_after]
+    # Triton is ready a little before start() returns: a request in that window may rightly succeed.
+    served = [o for o in before if o.status == 200]
     max_latency = max(o.latency_s for o in before)
-    unready = [status for _, status in readyz]
+    unready = [status for _, status in readyz[:-1]]  # the last poll may race the readiness the same way
     figures.add(GROUP, "Triton starting late: /predict requests while it was not up", len(before))
     figures.add(
         GROUP,
         "Triton starting late: of those, 503 backend_unavailable with Retry-After",
         len(refused_cleanly),
-        expected=f"all {len(before)}",
-        met=len(refused_cleanly) == len(before) > 0,
+        expected=f"all {len(before)} (a 200 allowed once Triton is up)",
+        met=len(refused_cleanly) + len(served) == len(before) and len(refused_cleanly) > 0,
         note=f"outcomes: {by_status(before)}",
     )
     figures.add(
@@ -317,7 +319,8 @@ async def test_triton_slow_to_become_ready(
         expected=f"<= {READYZ_WITHIN_S:.0f}",
         met=first_ok is not None and first_ok <= READYZ_WITHIN_S,
     )
-    assert len(refused_cleanly) == len(before) > 0, [(o.status, o.detail) for o in before]
+    assert len(refused_cleanly) + len(served) == len(before), [(o.status, o.detail) for o in before]
+    assert len(refused_cleanly) > 0
     assert max_latency < 2
     assert set(unready) == {503}
     assert readyz_after <= READYZ_WITHIN_S

@@ -45,6 +45,7 @@ def slope_per_minute(points: list[tuple[float, float]]) -> float:
     return 60 * sum((t - mean_t) * (v - mean_v) for t, v in points) / var if var else 0.0
 
 
+@pytest.mark.timeout(900)  # the full soak runs 5 minutes, past the suite's 300 s default
 async def test_soak_at_saturation_has_no_leak_and_only_intended_errors(
     small_queue_triton: EmbeddedTriton, tmp_path: Path, image_b64: str, scale: Scale, figures: Figures
 ) -> None:

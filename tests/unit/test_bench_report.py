@@ -69,6 +69,8 @@ def test_report_has_every_section_ratio_and_plot(tmp_path: Path) -> None:
             "ratio": {"median": 0.95, "min": 0.9, "max": 1.01},
             "direct_images_s": _spread(30.0),
             "e2e_images_s": _spread(28.5),
+            "direct_cpu_ms_per_image": 54.0,
+            "e2e_cpu_ms_per_image": {"model (Triton's Python stub)": 56.0, "frontend": 3.0, "load generator": 1.0},
         },
         "transport": [{"protocol": "grpc", "concurrency": 1, "req_s": 12.0, "p50_ms": 80.0, "p95_ms": 90.0}],
         "codecs": [
@@ -97,6 +99,8 @@ def test_report_has_every_section_ratio_and_plot(tmp_path: Path) -> None:
     assert "= **50.0 ms**" in text  # 100 ms end-to-end p50 minus 50 ms direct latency
     assert "| transfer (frontend <-> Triton, gRPC) | 5.0 |" in text  # 75 seen by the frontend - 70 in Triton
     assert "**ratio 0.95 (0.90-1.01)**" in text  # the paired rounds' median and range
+    assert "= 54.0 / 60.0 = **0.90**" in text  # the CPU-budget bound on the ratio
+    assert "| end-to-end: frontend | 3.0 |" in text
     assert "| 60000 | 10.0 (10.0-10.0) | 120 (120-120) | 34.0 (34.0-34.0) | 220 (220-220) |" in text
     assert "This run picks **20000 us** (the shipped value)" in text
     assert "| grpc | 1 | 12.0 | 80.0 | 90.0 |" in text
