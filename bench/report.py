@@ -189,8 +189,8 @@ def _delay_section(results: dict[str, Any]) -> list[str]:
         verdict = "the shipped value" if chosen == shipped else f"the shipped value is {shipped}"
         lines += [
             "",
-            "Rule: the delay whose concurrency-8 throughput is within 5% of the best, with the lowest concurrency-1"
-            f" p50. This run picks **{chosen} us** ({verdict}).",
+            "Rule: among the delays whose worst concurrency-8 round is within 5% of the best worst round, the one"
+            f" with the lowest concurrency-1 p50. This run picks **{chosen} us** ({verdict}).",
         ]
     return lines
 
