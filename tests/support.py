@@ -9,7 +9,20 @@ import numpy as np
 from embedded.frontend_process import API_KEYS, WEBHOOK_SECRET, Frontend
 from embedded.triton_server import EmbeddedTriton, free_port
 
-__all__ = ["API_KEYS", "WEBHOOK_SECRET", "Frontend", "free_port", "random_image", "start_triton"]
+__all__ = ["API_KEYS", "SEED_CURL_BODY", "WEBHOOK_SECRET", "Frontend", "free_port", "random_image", "start_triton"]
+
+# The hosted API's example body exactly as its doc prints it: two commas are missing.
+SEED_CURL_BODY = """{
+"prompt": "a photo of an astronaut riding a horse on mars.",
+"image": "<BASE_64_STRING>"
+"num_inference_steps": 50,
+"guidance_scale": 7.5,
+"num_images_per_prompt": 1,
+"negative_prompt": "",
+"seed": 120,
+"file_url": "https://your-url.com/image.png"
+"webhook_endpoint": "https://your-url.com"
+}"""
 
 
 def random_image(size: tuple[int, int] = (64, 64), seed: int = 0) -> np.ndarray:

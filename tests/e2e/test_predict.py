@@ -14,23 +14,10 @@ import pytest
 from aiohttp import web
 from PIL import Image
 
-from ..support import API_KEYS, Frontend
+from ..support import API_KEYS, SEED_CURL_BODY, Frontend
 from .servers import Listener, file_server_app, png_bytes
 
 pytestmark = pytest.mark.integration
-
-# The hosted API's example body exactly as its doc prints it: two commas are missing.
-SEED_CURL_BODY = """{
-"prompt": "a photo of an astronaut riding a horse on mars.",
-"image": "<BASE_64_STRING>"
-"num_inference_steps": 50,
-"guidance_scale": 7.5,
-"num_images_per_prompt": 1,
-"negative_prompt": "",
-"seed": 120,
-"file_url": "https://your-url.com/image.png"
-"webhook_endpoint": "https://your-url.com"
-}"""
 
 
 def seed_body(image_b64: str, **overrides: Any) -> dict[str, Any]:

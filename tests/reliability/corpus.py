@@ -20,20 +20,7 @@ from typing import Any
 from PIL import Image
 
 from ..e2e.servers import png_bytes
-from ..support import random_image
-
-# The hosted API's example body exactly as its doc prints it: two commas are missing.
-SEED_CURL_BODY = """{
-"prompt": "a photo of an astronaut riding a horse on mars.",
-"image": "<BASE_64_STRING>"
-"num_inference_steps": 50,
-"guidance_scale": 7.5,
-"num_images_per_prompt": 1,
-"negative_prompt": "",
-"seed": 120,
-"file_url": "https://your-url.com/image.png"
-"webhook_endpoint": "https://your-url.com"
-}"""
+from ..support import SEED_CURL_BODY, random_image
 
 FOUR_XX = tuple(range(400, 500))
 MIB = 1024 * 1024
