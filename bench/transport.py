@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import fields
 from typing import Any
 
 import numpy as np
@@ -18,23 +19,28 @@ import tritonclient.http.aio as httpaio
 
 from bench.load import percentile
 from bench.workload import Workload
-from frontend.triton_backend import CHANNEL_ARGS
+from embedded.triton_calls import Img2Img
+from frontend.generation import GenerationInput
+from frontend.triton_backend import CHANNEL_ARGS, build_inputs
 
 MODEL = "sd_img2img"
 
 
-def _tensors(workload: Workload, i: int, image: np.ndarray) -> list[tuple[str, np.ndarray, str]]:
-    return [
-        ("prompt", np.array([[workload.prompt(i).encode()]], dtype=object), "BYTES"),
-        ("image", image[np.newaxis], "UINT8"),
-        ("negative_prompt", np.array([[b"blurry" if i % 2 else b""]], dtype=object), "BYTES"),
-        ("strength", np.array([[workload.strength]], np.float32), "FP32"),
-        ("num_inference_steps", np.array([[workload.num_inference_steps]], np.int32), "INT32"),
-        ("guidance_scale", np.array([[workload.guidance_scale]], np.float32), "FP32"),
-        ("num_images_per_prompt", np.array([[1]], np.int32), "INT32"),
-        ("seed", np.array([[workload.seed(i)]], np.int64), "INT64"),
-        ("scheduler", np.array([[b""]], dtype=object), "BYTES"),
-    ]
+def _request(workload: Workload, i: int, image: np.ndarray) -> Img2Img:
+    return Img2Img(
+        image=image,
+        prompt=workload.prompt(i),
+        negative_prompt="blurry" if i % 2 else "",
+        strength=workload.strength,
+        num_inference_steps=workload.num_inference_steps,
+        guidance_scale=workload.guidance_scale,
+        seed=workload.seed(i),
+    )
+
+
+def _grpc_inputs(request: Img2Img) -> list[grpcclient.InferInput]:
+    """The frontend's own request builder, so this side measures what the frontend sends."""
+    return build_inputs(GenerationInput(**{f.name: getattr(request, f.name) for f in fields(Img2Img)}))
 
 
 async def closed_loop_grpc(
@@ -44,12 +50,7 @@ async def closed_loop_grpc(
     images = workload.images()
 
     def inputs(i: int) -> list[grpcclient.InferInput]:
-        out = []
-        for name, array, datatype in _tensors(workload, i, images[i % len(images)]):
-            tensor = grpcclient.InferInput(name, list(array.shape), datatype)
-            tensor.set_data_from_numpy(array)
-            out.append(tensor)
-        return out
+        return _grpc_inputs(_request(workload, i, images[i % len(images)]))
 
     try:
         return await _closed_loop(lambda i: client.infer(model, inputs(i)), concurrency, requests)
@@ -65,12 +66,7 @@ async def closed_loop_http(
     outputs = [httpclient.InferRequestedOutput(name, binary_data=True) for name in ("images", "seeds")]
 
     def inputs(i: int) -> list[httpclient.InferInput]:
-        out = []
-        for name, array, datatype in _tensors(workload, i, images[i % len(images)]):
-            tensor = httpclient.InferInput(name, list(array.shape), datatype)
-            tensor.set_data_from_numpy(array, binary_data=True)
-            out.append(tensor)
-        return out
+        return _request(workload, i, images[i % len(images)]).inputs()  # binary tensors
 
     try:
         return await _closed_loop(lambda i: client.infer(model, inputs(i), outputs=outputs), concurrency, requests)
