@@ -3,13 +3,19 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-MODEL_DIR ?= .models/tiny-sd-img2img
+TINY_MODEL_DIR := .models/tiny-sd-img2img
+MODEL_DIR ?= $(TINY_MODEL_DIR)
+SD15_DIR ?= .models/sd15-random
 TRITON_ARGS ?=
+SERVE_ARGS ?=
 # Where the tiny model and the venv come from is the only set-up; everything below depends on it.
 SETUP_STAMP := $(VENV)/.setup-stamp
-MODEL_STAMP := $(MODEL_DIR)/tiny_model_build.json
+TINY_STAMP := $(TINY_MODEL_DIR)/tiny_model_build.json
+# Only the default tiny-model folder is ever built: a MODEL_DIR of yours is served as it is, never written.
+SERVED_MODEL := $(if $(filter $(abspath $(TINY_MODEL_DIR)),$(abspath $(MODEL_DIR))),model,setup)
 
-.PHONY: setup model triton serve test lint reliability bench bench-batching bench-latency clean
+.PHONY: setup model model-sd15 triton serve serve-sd15 real-size test lint reliability bench bench-batching \
+	bench-latency clean
 
 setup: $(SETUP_STAMP)
 
@@ -21,26 +27,41 @@ $(SETUP_STAMP): pyproject.toml client/pyproject.toml
 	$(PY) -m pip install --quiet -e ".[model,dev]" -e "./client[triton]"
 	touch $@
 
-model: $(MODEL_STAMP)
+model: $(TINY_STAMP)
 
-$(MODEL_STAMP): $(SETUP_STAMP) embedded/tiny_model.py
-	$(PY) -m embedded.tiny_model $(MODEL_DIR)
+$(TINY_STAMP): $(SETUP_STAMP) embedded/tiny_model.py
+	$(PY) -m embedded.tiny_model $(TINY_MODEL_DIR)
+
+# Full-size SD 1.5 with random weights (4.3 GB fp32, about a minute here): real size without a download.
+model-sd15: setup
+	$(PY) -m embedded.sd15_model $(SD15_DIR)
 
 # Triton in the foreground on :8000 (HTTP), :8001 (gRPC), :8002 (metrics); Ctrl-C stops it.
-triton: model
+triton: $(SERVED_MODEL)
 	$(PY) -m embedded.triton_server --model-path $(MODEL_DIR) $(TRITON_ARGS)
 
-# Triton (tiny model) + the frontend on :8080. SD_API_KEYS unset: a dev key is generated and printed.
-serve: model
-	$(PY) -m embedded.stack --model-path $(MODEL_DIR)
+# Triton (tiny model, or your MODEL_DIR) + the frontend on :8080. SD_API_KEYS unset: a dev key is printed.
+serve: $(SERVED_MODEL)
+	$(PY) -m embedded.stack --model-path $(MODEL_DIR) $(SERVE_ARGS)
+
+# The same stack on the full-size random-weight SD 1.5 (a request takes minutes on this CPU).
+serve-sd15: model-sd15
+	$(PY) -m embedded.stack --model-path $(SD15_DIR) $(SERVE_ARGS)
+
+# Real size through the whole stack on this CPU: one 512x512 request through the frontend; writes
+# docs/real-size.md (load time, time split, peak memory per process, probes). Part of make reliability.
+real-size: model-sd15
+	$(PY) -m bench.real_size --model-path $(SD15_DIR)
 
 test: model lint
 	$(PY) -m pytest
 
-# The reliability groups at full scale (under 20 min here); writes docs/reliability.md. `make test` runs them small.
-reliability: model
+# The reliability groups at full scale (under 20 min here); writes docs/reliability.md. `make test` runs them
+# small. Then the real-size run (make real-size).
+reliability: model model-sd15
 	$(PY) -m pytest tests/reliability --reliability-full; status=$$?; \
-	$(PY) -m tests.reliability.report && exit $$status
+	$(PY) -m tests.reliability.report; report=$$?; \
+	$(PY) -m bench.real_size --model-path $(SD15_DIR) && exit $$(( status || report ))
 
 # Every benchmark side by side (about 10 min here); writes docs/benchmarks.md and docs/img/*.png.
 # On a GPU machine: make bench BENCH_ARGS="--model-path /weights/sd15 --size 512 --steps 50 --strength 0.8"

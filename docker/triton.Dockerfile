@@ -25,8 +25,8 @@ snapshot_download(sys.argv[1], local_dir='/weights', allow_patterns=['*.json', '
     fi
 
 EXPOSE 8000 8001 8002
-HEALTHCHECK --interval=30s --timeout=20s --start-period=300s --retries=3 \
-  CMD python3 /opt/sd/triton_canary.py --url 127.0.0.1:8000 || exit 1
+HEALTHCHECK --interval=30s --timeout=35s --start-period=300s --retries=3 \
+  CMD python3 /opt/sd/triton_canary.py --url 127.0.0.1:8000 --timeout 20 --stall 300 || exit 1
 # No instance_group in config.pbtxt: one KIND_GPU instance per visible GPU (fp16).
 CMD ["tritonserver", "--model-repository=/models", "--strict-readiness=true", "--exit-on-error=true", \
      "--backend-config=python,shm-default-byte-size=16777216", \

@@ -1,7 +1,8 @@
-"""``make serve``: the embedded Triton (tiny model) and the frontend, in one foreground command.
+"""``make serve``: the embedded Triton (tiny model, or any diffusers folder) and the frontend, in one command.
 
-A supervisor thread (``embedded/supervisor.py``) probes Triton with a canary inference and restarts it
-when it died or its Python stub did (Triton 2.51 restarts neither by itself).
+A supervisor thread (``embedded/supervisor.py``) restarts Triton when it died, its Python stub did
+(Triton 2.51 restarts neither by itself), or it stopped making progress; never because it is busy.
+Only the default tiny-model folder is ever built; ``--model-path`` to anything else is served as it is.
 
 Settings come from ``SD_*`` variables as in production; what a dev machine lacks is filled in and
 printed: an API key (``SD_API_KEYS``), a webhook secret (``SD_WEBHOOK_SECRET``) and the Triton URL.
@@ -28,11 +29,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--triton-grpc-port", type=int, default=8001)
     parser.add_argument("--triton-metrics-port", type=int, default=8002)
     parser.add_argument(
-        "--supervise-interval", type=float, default=5.0, help="seconds between Triton canaries (0: no supervisor)"
+        "--supervise-interval", type=float, default=5.0, help="seconds between Triton probes (0: no supervisor)"
     )
+    parser.add_argument("--canary-timeout", type=float, default=15.0, help="how long a probe's canary waits")
+    parser.add_argument(
+        "--stall", type=float, default=600.0, help="restart after this long without progress while work waits"
+    )
+    parser.add_argument("--ready-timeout", type=float, default=600.0, help="how long Triton may take to load")
     args = parser.parse_args(argv)
 
-    if Path(args.model_path) == DEFAULT_MODEL_PATH:
+    if Path(args.model_path).resolve() == DEFAULT_MODEL_PATH:
         build(DEFAULT_MODEL_PATH)
     log_path = Path(".build") / "triton.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -42,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         grpc_port=args.triton_grpc_port,
         metrics_port=args.triton_metrics_port,
         log_file=log_path,
+        ready_timeout_s=args.ready_timeout,
     )
     print(f"starting tritonserver (log: {log_path}) ...", flush=True)
     try:
@@ -62,7 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     supervisor = None
     if args.supervise_interval > 0:
         supervisor = Supervisor(
-            triton, interval_s=args.supervise_interval, report=lambda m: print(f"supervisor: {m}", flush=True)
+            triton,
+            interval_s=args.supervise_interval,
+            probe_timeout_s=args.canary_timeout,
+            stall_s=args.stall,
+            report=lambda m: print(f"supervisor: {m}", flush=True),
         ).start()
 
     from frontend.__main__ import main as frontend_main

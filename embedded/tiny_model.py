@@ -33,14 +33,14 @@ def _byte_level_vocab() -> dict[str, int]:
     return {token: index for index, token in enumerate(tokens)}
 
 
-def build_pipeline():  # type: ignore[no-untyped-def]  # diffusers is untyped
-    """Return the tiny ``StableDiffusionImg2ImgPipeline`` (random weights, seeded)."""
+def build_pipeline(seed: int = SEED):  # type: ignore[no-untyped-def]  # diffusers is untyped
+    """Return the tiny ``StableDiffusionImg2ImgPipeline`` (random weights from ``seed``)."""
     import torch
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionImg2ImgPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     vocab_size = len(_byte_level_vocab())
-    torch.manual_seed(SEED)
+    torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         sample_size=8,
         in_channels=4,
@@ -53,7 +53,7 @@ def build_pipeline():  # type: ignore[no-untyped-def]  # diffusers is untyped
         attention_head_dim=8,
         norm_num_groups=32,
     )
-    torch.manual_seed(SEED + 1)
+    torch.manual_seed(seed + 1)
     # Four blocks keep SD's 8x latent downscale (vae_scale_factor = 2 ** (len(blocks) - 1)).
     vae = AutoencoderKL(
         in_channels=3,
@@ -66,7 +66,7 @@ def build_pipeline():  # type: ignore[no-untyped-def]  # diffusers is untyped
         norm_num_groups=8,
         sample_size=64,
     )
-    torch.manual_seed(SEED + 2)
+    torch.manual_seed(seed + 2)
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
             vocab_size=vocab_size,
@@ -114,9 +114,14 @@ def is_built(folder: Path) -> bool:
 
 
 def build(folder: Path, *, force: bool = False) -> bool:
-    """Save the tiny pipeline into ``folder``; returns False when an up-to-date build is already there."""
+    """Save the tiny pipeline into ``folder``; returns False when an up-to-date build is already there.
+
+    Never into a folder that holds anything else: ``MODEL_DIR`` may name a user's real checkpoint.
+    """
     if is_built(folder) and not force:
         return False
+    if folder.exists() and any(folder.iterdir()) and not (folder / BUILD_STAMP).exists():
+        raise FileExistsError(f"refusing to write into {folder}: it holds files this builder did not make")
     folder.mkdir(parents=True, exist_ok=True)
     build_pipeline().save_pretrained(folder, safe_serialization=True)
     (folder / BUILD_STAMP).write_text(json.dumps({"version": BUILD_VERSION, "seed": SEED}))

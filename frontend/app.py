@@ -15,6 +15,7 @@ from .keys import BACKEND, DELIVERER, KEY_HASHES, METRICS, READINESS, RUNS, SESS
 from .metrics import Metrics
 from .middlewares import auth_middleware, context_middleware, error_middleware
 from .netguard import guarded_socket_factory
+from .readiness import Readiness
 from .runs import RunService
 from .settings import Settings
 from .store import RunStore
@@ -32,7 +33,6 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
     app[KEY_HASHES] = tuple(key_hash(key.get_secret_value()) for key in settings.api_keys)
-    app[READINESS] = {}
     app.cleanup_ctx.append(_services)
     app.on_shutdown.append(_drain)
     app.router.add_post("/predict", handlers.predict)
@@ -63,6 +63,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         store, session, WebhookSigner(settings.webhook_secret.get_secret_value()), settings, app[METRICS]
     )
     app[STORE], app[SESSION], app[BACKEND], app[DELIVERER] = store, session, backend, deliverer
+    app[READINESS] = Readiness(backend, settings)
     app[RUNS] = RunService(settings, store, backend, session, deliverer, app[METRICS])
     delivery_task = asyncio.create_task(deliverer.run_forever(), name="webhook-deliveries")
     resumed = await app[RUNS].resume_unfinished()

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from typing import Any
 
-import numpy as np
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .errors import BackendUnavailable, InvalidJson, NotFound
-from .generation import GenerationInput
-from .keys import BACKEND, METRICS, READINESS, RUNS, SETTINGS, STORE
+from .keys import METRICS, READINESS, RUNS, SETTINGS, STORE
 from .middlewares import KEY_HASH
 from .openapi import openapi_document
 from .runs import ACCEPTED_MESSAGE, consume_outcome, run_view
@@ -66,32 +63,11 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready = Triton says the model is ready *and* a tiny canary inference passes (a dead Python stub
-    leaves Triton's own readiness at 200). Cached briefly so probes do not load the model."""
-    settings, state = request.app[SETTINGS], request.app[READINESS]
-    now = time.monotonic()
-    if now - state.get("checked_at", -1e9) > settings.readyz_cache_s:
-        async with state.setdefault("lock", asyncio.Lock()):
-            if now - state.get("checked_at", -1e9) > settings.readyz_cache_s:
-                state["error"] = await _check_backend(request.app)
-                state["checked_at"] = time.monotonic()
-    if state["error"] is not None:
-        raise BackendUnavailable(f"not ready: {state['error']}")
+    """Ready = the model is loaded, not known dead, its queue not full; busy is ready (``readiness.py``)."""
+    unready = await request.app[READINESS].verdict()
+    if unready is not None:
+        raise BackendUnavailable(f"not ready: {unready}")
     return web.json_response({"status": "ready"})
-
-
-async def _check_backend(app: web.Application) -> str | None:
-    backend, settings = app[BACKEND], app[SETTINGS]
-    if not await backend.is_model_ready():
-        return f"Triton model {settings.triton_model!r} is not ready"
-    canary = GenerationInput(
-        prompt="canary", image=CANARY_IMAGE, strength=1.0, num_inference_steps=1, guidance_scale=1.0, seed=0
-    )
-    try:
-        await backend.generate(canary, timeout_s=settings.canary_timeout_s, request_id="readyz-canary")
-    except Exception as exc:
-        return f"canary inference failed: {getattr(exc, 'message', type(exc).__name__)}"
-    return None
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -101,7 +77,3 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def openapi(request: web.Request) -> web.Response:
     return web.json_response(openapi_document(request.app[SETTINGS]))
-
-
-# 64 px: the smallest side SD 1.5's UNet takes (latent 8, halved three times).
-CANARY_IMAGE = np.full((64, 64, 3), 127, dtype=np.uint8)

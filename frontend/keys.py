@@ -9,6 +9,7 @@ import aiohttp
 from aiohttp import web
 
 from .metrics import Metrics
+from .readiness import Readiness
 from .runs import RunService
 from .settings import Settings
 from .store import RunStore
@@ -23,7 +24,7 @@ SESSION = web.AppKey("session", aiohttp.ClientSession)
 DELIVERER = web.AppKey("deliverer", WebhookDeliverer)
 RUNS = web.AppKey("runs", RunService)
 KEY_HASHES = web.AppKey("key_hashes", tuple[str, ...])
-READINESS = web.AppKey("readiness", dict)
+READINESS = web.AppKey("readiness", Readiness)
 
 
 def key_hash(key: str) -> str:

@@ -33,7 +33,8 @@ class Settings(BaseSettings):
     triton_model: str = "sd_img2img"
     triton_timeout_s: float = 300.0
     readyz_cache_s: float = 2.0  # a dead stub shows within about this plus one canary (1 s)
-    canary_timeout_s: float = 10.0
+    canary_timeout_s: float = 10.0  # how long /readyz waits for its canary; no answer yet = busy, not dead
+    readyz_stall_s: float = 600.0  # a canary unanswered this long makes the replica unready
 
     # Request bounds
     max_body_bytes: int = 20 * 1024 * 1024

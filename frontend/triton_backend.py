@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 import numpy as np
 import tritonclient.grpc as grpcclient
@@ -11,6 +12,7 @@ from tritonclient.utils import InferenceServerException
 
 from .errors import ApiError, BackendTimeout, BackendUnavailable, GenerationFailed, InvalidRequest
 from .generation import Generated, GenerationInput
+from .health import BackendHealth
 
 CHANNEL_ARGS = [
     ("grpc.max_send_message_length", 2**31 - 1),
@@ -66,10 +68,17 @@ def map_error(exc: InferenceServerException) -> ApiError:
     return GenerationFailed("the model failed to generate the images")
 
 
+def is_death(exc: InferenceServerException) -> bool:
+    """A failure that proves the model cannot serve until Triton restarts: a dead stub, or no server."""
+    message = exc.message() or ""
+    return "is not healthy" in message or "Stub process" in message or "UNAVAILABLE" in str(exc.status() or "")
+
+
 class TritonBackend:
     def __init__(self, url: str, model: str, timeout_s: float) -> None:
         self.url, self.model, self.timeout_s = url, model, timeout_s
         self._client: grpcaio.InferenceServerClient | None = None
+        self.health = BackendHealth()  # every call's outcome: what /readyz judges by
 
     @property
     def client(self) -> grpcaio.InferenceServerClient:
@@ -85,6 +94,8 @@ class TritonBackend:
     async def generate(
         self, job: GenerationInput, *, timeout_s: float | None = None, request_id: str = ""
     ) -> Generated:
+        health = self.health
+        health.in_flight += 1
         try:
             result = await self.client.infer(
                 self.model,
@@ -93,7 +104,15 @@ class TritonBackend:
                 client_timeout=timeout_s or self.timeout_s,
             )
         except InferenceServerException as exc:
-            raise map_error(exc) from None
+            error = map_error(exc)
+            if is_death(exc):
+                health.dead_at, health.dead_reason = time.monotonic(), error.message
+            elif "maximum queue size" in (exc.message() or ""):
+                health.full_at = time.monotonic()
+            raise error from None
+        finally:
+            health.in_flight -= 1
+        health.ok_at = time.monotonic()
         images = result.as_numpy("images")
         seeds = result.as_numpy("seeds")
         if images is None or seeds is None:

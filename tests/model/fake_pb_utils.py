@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import types
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +55,33 @@ class InferenceResponse:
 
     def output(self, name: str) -> np.ndarray:
         return next(t.array for t in self.output_tensors if t.name == name)
+
+
+class MetricFamily:
+    COUNTER, GAUGE = "counter", "gauge"
+
+    def __init__(self, name: str, description: str, kind: str) -> None:
+        self.name, self.description, self.kind = name, description, kind
+        self.metrics: list[Metric] = []
+
+    def Metric(self, labels: dict[str, str]) -> Metric:  # noqa: N802 - the real API's name
+        metric = Metric(labels, weakref.ref(self))
+        self.metrics.append(metric)
+        return metric
+
+
+class Metric:
+    made: list[Metric] = []  # every metric a model made, for tests to read
+
+    def __init__(self, labels: dict[str, str], family: weakref.ref[MetricFamily]) -> None:
+        self.labels, self.value, self._family = labels, 0.0, family
+        self.name = family().name  # type: ignore[union-attr]
+        Metric.made.append(self)
+
+    def increment(self, value: float) -> None:
+        if self._family() is None:  # as Triton: a metric whose family was garbage-collected refuses
+            raise TritonModelException("Invalid metric operation as the corresponding 'MetricFamily' has been deleted")
+        self.value += value
 
 
 class Logger:

@@ -88,9 +88,9 @@ def test_compatible_requests_share_one_pipeline_call(model: Any, monkeypatch: py
     calls: list[list[int]] = []
     run = model.runner.run
 
-    def counting_run(call: Any, should_stop: Any = None) -> np.ndarray:
+    def counting_run(call: Any, **hooks: Any) -> np.ndarray:
         calls.append([r.index for r in call.requests])
-        return run(call, should_stop)
+        return run(call, **hooks)
 
     monkeypatch.setattr(model.runner, "run", counting_run)
     responses = model.execute([request(seed=1), request(size=24), request(seed=3), request(seed=4, strength=0.75)])
@@ -101,16 +101,31 @@ def test_compatible_requests_share_one_pipeline_call(model: Any, monkeypatch: py
 def test_a_failing_call_fails_only_its_own_requests(model: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     run = model.runner.run
 
-    def failing_for_24px(call: Any, should_stop: Any = None) -> np.ndarray:
+    def failing_for_24px(call: Any, **hooks: Any) -> np.ndarray:
         if call.key.height == 24:
             raise RuntimeError("out of memory")
-        return run(call, should_stop)
+        return run(call, **hooks)
 
     monkeypatch.setattr(model.runner, "run", failing_for_24px)
     responses = model.execute([request(seed=1), request(size=24), request(seed=3)])
     assert responses[0].error is None and responses[2].error is None
     assert responses[1].error.code() == pb.TritonError.INTERNAL
     assert "out of memory" in responses[1].error.message()
+
+
+def test_every_denoising_step_moves_the_step_metric(model: Any) -> None:
+    """Liveness probes tell a busy model from a hung one by this counter (docker/triton_canary.py)."""
+    (metric,) = [m for m in pb.Metric.made if m.labels["model"] == "sd_img2img"]  # this fixture's model
+    assert metric.name == "sd_img2img_denoising_steps_total"
+    assert metric.labels == {"model": "sd_img2img", "version": "1"}
+    before, unet_calls = metric.value, []
+    hook = model.runner.pipe.unet.register_forward_hook(lambda *_: unet_calls.append(1))
+    try:
+        model.execute([request(seed=1), request(size=24), request(seed=3)])  # two pipeline calls
+    finally:
+        hook.remove()
+    assert len(unet_calls) >= 4  # each call runs at least 2 steps (4 x strength 0.5; PNDM adds one)
+    assert metric.value - before == len(unet_calls)  # one UNet pass per denoising step
 
 
 def test_cancelled_request_is_answered_cancelled_and_others_run(model: Any) -> None:

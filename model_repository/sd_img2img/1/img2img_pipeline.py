@@ -122,12 +122,18 @@ class Img2ImgRunner:
         return {name for name in self._schedulers if name}
 
     @torch.inference_mode()
-    def run(self, call: PipelineCall, should_stop: Callable[[], bool] = lambda: False) -> np.ndarray:
+    def run(
+        self,
+        call: PipelineCall,
+        should_stop: Callable[[], bool] = lambda: False,
+        on_step: Callable[[], None] = lambda: None,
+    ) -> np.ndarray:
         """Run ``call``; returns ``[n, H, W, 3]`` uint8 in request order.
 
         One CPU ``torch.Generator`` per image (seed + i) makes each image depend only on its own seed,
         on any device (diffusers draws CPU noise and moves it). ``per_image`` runs each image as its own
         pipeline call, the same computation as a one-image request alone, so it is exact by construction.
+        ``on_step`` runs after every denoising step (progress that liveness probes can see inside a long call).
         """
         prompts, negatives, images, generators = [], [], [], []
         for request in call.requests:
@@ -143,7 +149,7 @@ class Img2ImgRunner:
 
         self.pipe.scheduler = self._schedulers[call.key.scheduler]
         if self.determinism != "per_image":
-            return self._generate(call, prompts, negatives, pixels, generators, should_stop)
+            return self._generate(call, prompts, negatives, pixels, generators, should_stop, on_step)
         return np.concatenate(
             [
                 self._generate(
@@ -153,6 +159,7 @@ class Img2ImgRunner:
                     pixels[i : i + 1],
                     generators[i : i + 1],
                     should_stop,
+                    on_step,
                 )
                 for i in range(len(prompts))
             ]
@@ -166,8 +173,10 @@ class Img2ImgRunner:
         pixels: torch.Tensor,
         generators: list[torch.Generator],
         should_stop: Callable[[], bool],
+        on_step: Callable[[], None],
     ) -> np.ndarray:
         def stop_if_asked(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            on_step()
             if should_stop():
                 pipe._interrupt = True
             return tensors

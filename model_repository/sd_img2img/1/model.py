@@ -55,6 +55,9 @@ INPUT_NAMES = (
 )
 # Deployment override for the weights, read once in ``initialize`` (the container sets it).
 MODEL_PATH_ENV = "SD_MODEL_PATH"
+# Moves inside a long pipeline call, where Triton's own counts move only at its end: liveness probes
+# (docker/triton_canary.py) tell a busy model from a hung one by it.
+STEP_METRIC = "sd_img2img_denoising_steps_total"
 
 
 def _parameter(config: dict[str, Any], name: str, default: str) -> str:
@@ -117,6 +120,15 @@ class TritonPythonModel:
             local_files_only=_flag(_parameter(config, "local_files_only", "false")),
         )
         self.schedulers = self.runner.scheduler_names
+        # The family must outlive its metric (Triton refuses increments of an orphaned metric).
+        self.step_family = pb_utils.MetricFamily(
+            name=STEP_METRIC,
+            description="Denoising steps run by the pipeline (one per step of a pipeline call)",
+            kind=pb_utils.MetricFamily.COUNTER,
+        )
+        self.steps = self.step_family.Metric(
+            labels={"model": self.model_name, "version": args.get("model_version", "1")}
+        )
         self.limits = Limits(
             min_image_side=self.runner.min_image_side,
             max_image_side=int(_parameter(config, "max_image_side", "1024")),
@@ -171,7 +183,7 @@ class TritonPythonModel:
             return all(requests[r.index].is_cancelled() for r in call.requests)
 
         try:
-            images = self.runner.run(call, should_stop=all_cancelled)
+            images = self.runner.run(call, should_stop=all_cancelled, on_step=lambda: self.steps.increment(1))
         except Exception as exc:  # a failing call fails only its own requests
             self.logger.log_error(f"{self.model_name}: pipeline call {call.key} failed: {exc!r}")
             for request in call.requests:

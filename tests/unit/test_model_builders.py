@@ -1,0 +1,43 @@
+"""The model builders: SD 1.5's exact size without allocating it, and never writing into a folder of yours."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from embedded import sd15_model, tiny_model
+
+
+def test_the_full_size_build_has_sd15s_parameter_counts() -> None:
+    # Meta device: shapes only, nothing allocated (the real build is 4.3 GB).
+    counts = sd15_model.parameter_counts(sd15_model.build_components("meta"))
+    assert counts == {"unet": 859_520_964, "vae": 83_653_863, "text_encoder": 123_060_480}
+    assert counts == sd15_model.SD15_PARAMETERS
+
+
+def test_the_tokenizer_has_clips_vocabulary_size_and_specials_at_the_end() -> None:
+    vocab, merges = sd15_model.clip_vocabulary()
+    assert len(vocab) == 49_408 and len(merges) == 49_408 - 512 - 2
+    assert (vocab["<|startoftext|>"], vocab["<|endoftext|>"]) == (49_406, 49_407)
+
+
+def fingerprint(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.mark.parametrize("builder", [tiny_model.build, sd15_model.build], ids=["tiny", "sd15"])
+def test_builders_refuse_a_folder_they_did_not_make(tmp_path: Path, builder: object) -> None:
+    checkpoint = tmp_path / "my-checkpoint"
+    (checkpoint / "unet").mkdir(parents=True)
+    (checkpoint / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    (checkpoint / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"real weights")
+    before = fingerprint(checkpoint)
+    with pytest.raises(FileExistsError, match="did not make"):
+        builder(checkpoint)  # type: ignore[operator]
+    assert fingerprint(checkpoint) == before
