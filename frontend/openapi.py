@@ -107,7 +107,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             "/healthz": {"get": {"summary": "The process is alive", "responses": {"200": {"description": "alive"}}}},
             "/readyz": {
                 "get": {
-                    "summary": "Triton's model is ready and a canary inference passes",
+                    "summary": "Can take work now: model loaded, not known dead, queue not full (busy is ready)",
                     "responses": {"200": {"description": "ready"}, **_errors(503)},
                 }
             },

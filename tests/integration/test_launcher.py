@@ -23,10 +23,15 @@ def test_model_that_fails_to_load_stops_the_launcher_with_the_log_tail(tmp_path:
     assert server.process is not None and server.process.returncode == 1
 
 
-def test_container_liveness_canary_passes_on_a_live_model_and_fails_without_one(triton: EmbeddedTriton) -> None:
+def test_container_liveness_probe_passes_on_a_live_model_and_fails_without_one(
+    triton: EmbeddedTriton, tmp_path: Path
+) -> None:
     canary = [sys.executable, str(Path(__file__).resolve().parents[2] / "docker" / "triton_canary.py")]
-    assert subprocess.run([*canary, "--url", triton.http_url], check=False, timeout=60).returncode == 0
+    canary += ["--state-file", str(tmp_path / "state.json")]
+    metrics = ["--metrics-url", f"127.0.0.1:{triton.metrics_port}"]
+    alive = subprocess.run([*canary, "--url", triton.http_url, *metrics], capture_output=True, text=True, timeout=60)
+    assert alive.returncode == 0 and alive.stdout.startswith("alive: answered"), alive
     down = subprocess.run(
         [*canary, "--url", f"127.0.0.1:{free_port()}"], capture_output=True, text=True, check=False, timeout=60
     )
-    assert down.returncode == 1 and "canary failed" in down.stderr
+    assert down.returncode == 1 and "tritonserver does not answer" in down.stderr
