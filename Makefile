@@ -44,9 +44,10 @@ triton: $(SERVED_MODEL)
 serve: $(SERVED_MODEL)
 	$(PY) -m embedded.stack --model-path $(MODEL_DIR) $(SERVE_ARGS)
 
-# The same stack on the full-size random-weight SD 1.5 (a request takes minutes on this CPU).
+# The same stack on the full-size random-weight SD 1.5. On a CPU a default request (40 denoising steps at
+# 512x512) takes about 20 min, so the frontend's Triton deadline is an hour here unless you set one.
 serve-sd15: model-sd15
-	$(PY) -m embedded.stack --model-path $(SD15_DIR) $(SERVE_ARGS)
+	SD_TRITON_TIMEOUT_S=$${SD_TRITON_TIMEOUT_S:-3600} $(PY) -m embedded.stack --model-path $(SD15_DIR) $(SERVE_ARGS)
 
 # Real size through the whole stack on this CPU: one 512x512 request through the frontend; writes
 # docs/real-size.md (load time, time split, peak memory per process, probes). Part of make reliability.
