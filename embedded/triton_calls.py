@@ -12,6 +12,9 @@ import numpy as np
 import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
+from frontend.generation import GenerationInput
+from frontend.wire import input_arrays
+
 MODEL = "sd_img2img"
 
 
@@ -30,20 +33,21 @@ class Img2Img:
     scheduler: str = ""
 
     def inputs(self) -> list[triton_http.InferInput]:
-        tensors: list[tuple[str, np.ndarray, str]] = [
-            ("prompt", np.array([[self.prompt.encode()]], dtype=object), "BYTES"),
-            ("image", self.image[np.newaxis], "UINT8"),
-            ("negative_prompt", np.array([[self.negative_prompt.encode()]], dtype=object), "BYTES"),
-            ("strength", np.array([[self.strength]], np.float32), "FP32"),
-            ("num_inference_steps", np.array([[self.num_inference_steps]], np.int32), "INT32"),
-            ("guidance_scale", np.array([[self.guidance_scale]], np.float32), "FP32"),
-            ("num_images_per_prompt", np.array([[self.num_images_per_prompt]], np.int32), "INT32"),
-            ("seed", np.array([[self.seed]], np.int64), "INT64"),
-            ("scheduler", np.array([[self.scheduler.encode()]], dtype=object), "BYTES"),
-        ]
+        """The frontend's wire contract (``frontend/wire.py``) as HTTP tensors, binary."""
+        job = GenerationInput(
+            self.prompt,
+            self.image,
+            self.negative_prompt,
+            self.strength,
+            self.num_inference_steps,
+            self.guidance_scale,
+            self.num_images_per_prompt,
+            self.seed,
+            self.scheduler,
+        )
         inputs = []
-        for name, array, datatype in tensors:
-            tensor = triton_http.InferInput(name, list(array.shape), datatype)
+        for spec, array in input_arrays(job):
+            tensor = triton_http.InferInput(spec.name, list(array.shape), spec.datatype)
             tensor.set_data_from_numpy(array, binary_data=True)
             inputs.append(tensor)
         return inputs

@@ -5,27 +5,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import secrets
+import socket
 from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
 
-from . import handlers
-from .keys import BACKEND, DELIVERER, KEY_HASHES, METRICS, READINESS, RUNS, SESSION, SETTINGS, STORE, key_hash
+from .app_keys import BACKEND, DELIVERER, KEY_HASHES, METRICS, READINESS, RUNS, SESSION, SETTINGS, STORE
+from .auth import key_hash
+from .http import handlers
+from .http.middlewares import auth_middleware, context_middleware, error_middleware
 from .metrics import Metrics
-from .middlewares import auth_middleware, context_middleware, error_middleware
 from .netguard import guarded_socket_factory
 from .readiness import Readiness
-from .runs import RunService
+from .runs.execute import RunExecutor
+from .runs.recovery import resume_unfinished
+from .runs.service import RunService
 from .settings import Settings
-from .store import RunStore
+from .store import RunStore, open_store
 from .triton_backend import TritonBackend
 from .webhooks import WebhookDeliverer, WebhookSigner
 
 log = logging.getLogger("frontend")
 
 
-def create_app(settings: Settings) -> web.Application:
+def create_app(
+    settings: Settings, *, backend: TritonBackend | None = None, store: RunStore | None = None
+) -> web.Application:
+    """``backend`` and ``store`` replace the Triton client and the configured store (tests)."""
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         middlewares=[context_middleware, error_middleware, auth_middleware],
@@ -33,51 +42,88 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
     app[KEY_HASHES] = tuple(key_hash(key.get_secret_value()) for key in settings.api_keys)
-    app.cleanup_ctx.append(_services)
+    app.cleanup_ctx.append(_store(store))
+    app.cleanup_ctx.append(_session)
+    app.cleanup_ctx.append(_backend(backend))
+    app.cleanup_ctx.append(_runs)
     app.on_shutdown.append(_drain)
+    setup_routes(app)
+    return app
+
+
+def setup_routes(app: web.Application) -> None:
     app.router.add_post("/predict", handlers.predict)
     app.router.add_get("/runs/{run_id}", handlers.get_run)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     app.router.add_get("/metrics", handlers.metrics)
     app.router.add_get("/openapi.json", handlers.openapi)
-    return app
 
 
-async def _services(app: web.Application) -> AsyncIterator[None]:
-    """Open the store, the guarded HTTP session, the Triton client and the webhook loop; resume runs."""
-    settings = app[SETTINGS]
-    if not settings.api_keys:
-        raise RuntimeError("no API keys configured: set SD_API_KEYS (comma-separated)")
-    if settings.webhook_secret is None:
-        raise RuntimeError("no webhook secret configured: set SD_WEBHOOK_SECRET (whsec_ + base64)")
-    store = RunStore(settings.runs_db)
-    await store.open()
+def _store(given: RunStore | None):  # type: ignore[no-untyped-def]  # a cleanup_ctx factory
+    async def store_ctx(app: web.Application) -> AsyncIterator[None]:
+        settings = app[SETTINGS]
+        if not settings.api_keys:
+            raise RuntimeError("no API keys configured: set SD_API_KEYS (comma-separated)")
+        if settings.webhook_secret is None:
+            raise RuntimeError("no webhook secret configured: set SD_WEBHOOK_SECRET (whsec_ + base64)")
+        store = given or open_store(settings.store_url)
+        await store.open()
+        app[STORE] = store
+        try:
+            yield
+        finally:
+            await store.close()
+
+    return store_ctx
+
+
+async def _session(app: web.Application) -> AsyncIterator[None]:
+    """The HTTP client for file_url and webhooks, every connection through the SSRF guard."""
     # trust_env=False: a proxy would connect on our behalf, out of the socket guard's sight.
     connector = aiohttp.TCPConnector(
-        socket_factory=guarded_socket_factory(settings.allow_private_networks), limit=100, ttl_dns_cache=60
+        socket_factory=guarded_socket_factory(app[SETTINGS].allow_private_networks), limit=100, ttl_dns_cache=60
     )
-    session = aiohttp.ClientSession(connector=connector, trust_env=False, headers={"User-Agent": "sd-img2img/1.0"})
-    backend = TritonBackend(settings.triton_url, settings.triton_model, settings.triton_timeout_s)
-    deliverer = WebhookDeliverer(
-        store, session, WebhookSigner(settings.webhook_secret.get_secret_value()), settings, app[METRICS]
-    )
-    app[STORE], app[SESSION], app[BACKEND], app[DELIVERER] = store, session, backend, deliverer
-    app[READINESS] = Readiness(backend, settings)
-    app[RUNS] = RunService(settings, store, backend, session, deliverer, app[METRICS])
-    delivery_task = asyncio.create_task(deliverer.run_forever(), name="webhook-deliveries")
-    resumed = await app[RUNS].resume_unfinished()
-    if resumed:
-        log.info("resumed %d unfinished runs", resumed)
+    app[SESSION] = aiohttp.ClientSession(connector=connector, trust_env=False, headers={"User-Agent": "sd-img2img/1.0"})
     try:
+        yield
+    finally:
+        await app[SESSION].close()
+
+
+def _backend(given: TritonBackend | None):  # type: ignore[no-untyped-def]  # a cleanup_ctx factory
+    async def backend_ctx(app: web.Application) -> AsyncIterator[None]:
+        settings = app[SETTINGS]
+        backend = given or TritonBackend(settings.triton_url, settings.triton_model, settings.triton_timeout_s)
+        app[BACKEND], app[READINESS] = backend, Readiness(backend, settings)
+        try:
+            yield
+        finally:
+            await backend.close()
+
+    return backend_ctx
+
+
+async def _runs(app: web.Application) -> AsyncIterator[None]:
+    """The webhook loop and the run service; then take over unfinished runs."""
+    settings, store, metrics = app[SETTINGS], app[STORE], app[METRICS]
+    assert settings.webhook_secret is not None
+    owner = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"  # this replica, for leases
+    signer = WebhookSigner(settings.webhook_secret.get_secret_value())
+    deliverer = WebhookDeliverer(store, app[SESSION], signer, settings, metrics, owner)
+    executor = RunExecutor(settings, store, app[BACKEND], deliverer, metrics)
+    app[DELIVERER], app[RUNS] = deliverer, RunService(settings, store, executor, app[SESSION], metrics)
+    delivery_task = asyncio.create_task(deliverer.run_forever(), name="webhook-deliveries")
+    try:
+        resumed = await resume_unfinished(app[RUNS], store, owner, settings.lease_s)
+        if resumed:
+            log.info("resumed %d unfinished runs", resumed)
         yield
     finally:
         delivery_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await delivery_task
-        await backend.close()
-        await session.close()
-        await store.close()
+        await store.release_leases(owner)
 
 
 async def _drain(app: web.Application) -> None:

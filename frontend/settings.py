@@ -22,6 +22,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8080
     data_dir: Path = Path("data")
+    # The run store: sqlite:///path (default: runs.sqlite3 in data_dir). The engine is the scheme.
+    database_url: str = ""
+    lease_s: float = 30.0  # how long a replica's claim on a run or a delivery lasts unrenewed
     log_level: str = "INFO"
     shutdown_timeout_s: float = 60.0
 
@@ -85,5 +88,5 @@ class Settings(BaseSettings):
         return value
 
     @property
-    def runs_db(self) -> Path:
-        return self.data_dir / "runs.sqlite3"
+    def store_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'runs.sqlite3'}"

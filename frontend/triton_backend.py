@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import time
 
-import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
@@ -13,6 +12,7 @@ from tritonclient.utils import InferenceServerException
 from .errors import ApiError, BackendTimeout, BackendUnavailable, GenerationFailed, InvalidRequest
 from .generation import Generated, GenerationInput
 from .health import BackendHealth
+from .wire import input_arrays
 
 CHANNEL_ARGS = [
     ("grpc.max_send_message_length", 2**31 - 1),
@@ -30,21 +30,10 @@ _INVALID_INPUT = re.compile(r"invalid input '(?P<name>\w+)': (?P<detail>.*)", re
 
 
 def build_inputs(job: GenerationInput) -> list[grpcclient.InferInput]:
-    """Every input, always: Triton batches only requests that carry the same set of inputs."""
-    tensors: list[tuple[str, np.ndarray, str]] = [
-        ("prompt", np.array([[job.prompt.encode()]], dtype=object), "BYTES"),
-        ("image", np.ascontiguousarray(job.image)[np.newaxis], "UINT8"),
-        ("negative_prompt", np.array([[job.negative_prompt.encode()]], dtype=object), "BYTES"),
-        ("strength", np.array([[job.strength]], np.float32), "FP32"),
-        ("num_inference_steps", np.array([[job.num_inference_steps]], np.int32), "INT32"),
-        ("guidance_scale", np.array([[job.guidance_scale]], np.float32), "FP32"),
-        ("num_images_per_prompt", np.array([[job.num_images_per_prompt]], np.int32), "INT32"),
-        ("seed", np.array([[job.seed]], np.int64), "INT64"),
-        ("scheduler", np.array([[job.scheduler.encode()]], dtype=object), "BYTES"),
-    ]
+    """The wire contract's arrays (``wire.input_arrays``) as gRPC tensors."""
     inputs = []
-    for name, array, datatype in tensors:
-        tensor = grpcclient.InferInput(name, list(array.shape), datatype)
+    for spec, array in input_arrays(job):
+        tensor = grpcclient.InferInput(spec.name, list(array.shape), spec.datatype)
         tensor.set_data_from_numpy(array)
         inputs.append(tensor)
     return inputs

@@ -15,7 +15,7 @@ from standardwebhooks import Webhook
 from .metrics import Metrics
 from .netguard import AddressDenied
 from .settings import Settings
-from .store import Delivery, RunStore
+from .store import Delivery, DeliveryStatus, RunStore
 
 log = logging.getLogger("frontend.webhooks")
 RETRY_AFTER_STATUSES = {429, 503}
@@ -60,8 +60,10 @@ class WebhookDeliverer:
         signer: WebhookSigner,
         settings: Settings,
         metrics: Metrics,
+        owner: str,
     ) -> None:
         self.store, self.session, self.signer, self.settings, self.metrics = store, session, signer, settings, metrics
+        self.owner = owner  # this replica, holder of the delivery leases it claims
         self._wake = asyncio.Event()
 
     def wake(self) -> None:
@@ -70,7 +72,7 @@ class WebhookDeliverer:
     async def run_forever(self) -> None:
         while True:
             try:
-                due = await self.store.due_deliveries(time.time())
+                due = await self.store.claim_due_deliveries(self.owner, time.time(), self.settings.lease_s)
                 if due:
                     await asyncio.gather(*(self.attempt(delivery) for delivery in due))
                     continue
@@ -100,7 +102,9 @@ class WebhookDeliverer:
                 # The receiver's body is never read or stored: it is not ours to keep.
         except aiohttp.ClientConnectorError as exc:
             if isinstance(exc.os_error, AddressDenied):
-                await self._finish(delivery, "failed", attempts, None, f"refused by policy: {exc.os_error}")
+                await self._finish(
+                    delivery, DeliveryStatus.FAILED, attempts, None, f"refused by policy: {exc.os_error}"
+                )
                 return
             error = f"connection failed: {exc.os_error}"
         except TimeoutError:
@@ -109,11 +113,11 @@ class WebhookDeliverer:
             error = f"{type(exc).__name__}"
 
         if http_status is not None and 200 <= http_status < 300:
-            await self._finish(delivery, "delivered", attempts, http_status, None)
+            await self._finish(delivery, DeliveryStatus.DELIVERED, attempts, http_status, None)
         elif http_status == 410:
-            await self._finish(delivery, "gone", attempts, http_status, "receiver answered 410 Gone")
+            await self._finish(delivery, DeliveryStatus.GONE, attempts, http_status, "receiver answered 410 Gone")
         elif attempts >= self.settings.webhook_max_attempts:
-            await self._finish(delivery, "failed", attempts, http_status, error or f"HTTP {http_status}")
+            await self._finish(delivery, DeliveryStatus.FAILED, attempts, http_status, error or f"HTTP {http_status}")
         else:
             delay = backoff_s(attempts, self.settings.webhook_retry_base_s, self.settings.webhook_retry_max_s)
             if retry_after is not None:
@@ -125,7 +129,7 @@ class WebhookDeliverer:
             )
             await self.store.record_attempt(
                 delivery.id,
-                status="pending",
+                status=DeliveryStatus.PENDING,
                 attempts=attempts,
                 next_attempt_at=time.time() + delay,
                 http_status=http_status,
@@ -133,9 +137,9 @@ class WebhookDeliverer:
             )
 
     async def _finish(
-        self, delivery: Delivery, status: str, attempts: int, http_status: int | None, error: str | None
+        self, delivery: Delivery, status: DeliveryStatus, attempts: int, http_status: int | None, error: str | None
     ) -> None:
-        self.metrics.webhooks.labels(status).inc()
+        self.metrics.webhooks.labels(str(status)).inc()
         log.info(
             "webhook %s", status, extra={"run_id": delivery.run_id, "attempt": attempts, "http_status": http_status}
         )

@@ -18,6 +18,27 @@ from .models import Img2ImgError
 
 MODEL = "sd_img2img"
 
+# The model's inputs: (name, datatype, dims without the batch dimension, optional). This package cannot
+# import the server's table (frontend/wire.py); tests/unit/test_wire_contract.py pins it to config.pbtxt.
+INPUTS: tuple[tuple[str, str, tuple[int, ...], bool], ...] = (
+    ("prompt", "BYTES", (1,), False),
+    ("image", "UINT8", (-1, -1, 3), False),
+    ("negative_prompt", "BYTES", (1,), True),
+    ("strength", "FP32", (1,), True),
+    ("num_inference_steps", "INT32", (1,), True),
+    ("guidance_scale", "FP32", (1,), True),
+    ("num_images_per_prompt", "INT32", (1,), True),
+    ("seed", "INT64", (1,), True),
+    ("scheduler", "BYTES", (1,), True),
+)
+NUMPY_TYPES: dict[str, Any] = {
+    "BYTES": object,
+    "UINT8": np.uint8,
+    "FP32": np.float32,
+    "INT32": np.int32,
+    "INT64": np.int64,
+}
+
 
 @dataclass(frozen=True)
 class TritonResult:
@@ -73,19 +94,24 @@ class TritonImg2ImgClient:
         seed: int | None = None,
         scheduler: str = "",
     ) -> TritonResult:
-        tensors: list[tuple[str, Any, str]] = [
-            ("prompt", np.array([[prompt.encode()]], dtype=object), "BYTES"),
-            ("image", to_rgb_array(image)[np.newaxis], "UINT8"),
-            ("negative_prompt", np.array([[negative_prompt.encode()]], dtype=object), "BYTES"),
-            ("strength", np.array([[strength]], np.float32), "FP32"),
-            ("num_inference_steps", np.array([[num_inference_steps]], np.int32), "INT32"),
-            ("guidance_scale", np.array([[guidance_scale]], np.float32), "FP32"),
-            ("num_images_per_prompt", np.array([[num_images_per_prompt]], np.int32), "INT32"),
-            ("seed", np.array([[-1 if seed is None else seed]], np.int64), "INT64"),
-            ("scheduler", np.array([[scheduler.encode()]], dtype=object), "BYTES"),
-        ]
+        values = {
+            "prompt": prompt,
+            "image": to_rgb_array(image),
+            "negative_prompt": negative_prompt,
+            "strength": strength,
+            "num_inference_steps": num_inference_steps,
+            "guidance_scale": guidance_scale,
+            "num_images_per_prompt": num_images_per_prompt,
+            "seed": -1 if seed is None else seed,
+            "scheduler": scheduler,
+        }
         inputs = []
-        for name, array, datatype in tensors:
+        for name, datatype, _dims, _optional in INPUTS:  # every input, always: Triton batches equal sets only
+            value = values[name]
+            if name == "image":
+                array = np.ascontiguousarray(value, dtype=np.uint8)[np.newaxis]
+            else:
+                array = np.array([[value.encode() if isinstance(value, str) else value]], dtype=NUMPY_TYPES[datatype])
             tensor = grpcclient.InferInput(name, list(array.shape), datatype)
             tensor.set_data_from_numpy(array)
             inputs.append(tensor)

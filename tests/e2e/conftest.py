@@ -1,5 +1,1 @@
 """End-to-end: real frontend processes in front of the session's real tritonserver (fixtures: tests/conftest.py)."""
-
-import pytest
-
-pytestmark = pytest.mark.integration

@@ -16,12 +16,15 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from embedded.tiny_model import build_pipeline
 from embedded.triton_server import REPO_ROOT, free_port
 
 from ..support import API_KEYS, WEBHOOK_SECRET, Frontend
 from .test_predict import post, seed_body
+
+pytestmark = pytest.mark.integration
 
 
 def fingerprint(folder: Path) -> dict[str, str]:

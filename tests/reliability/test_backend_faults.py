@@ -71,8 +71,6 @@ def shm_regions(stack: Stack) -> int:
 async def test_killed_backend_under_load_recovers_by_itself(
     fault: str, stack: Stack, image_b64: str, scale: Scale, figures: Figures
 ) -> None:
-    if fault == "tritonserver" and not scale.full:
-        pytest.skip("full scale only (make reliability): keeps make test's subset short; the stub case runs")
     clients = scale.count(8, 24)
     async_runs = scale.count(3, 10)
     what = "Python stub" if fault == "stub" else "tritonserver"

@@ -13,8 +13,8 @@ from standardwebhooks import Webhook
 from tritonclient.utils import InferenceServerException
 
 from frontend import errors
+from frontend.auth import key_hash, match_key, presented_key
 from frontend.images import decode_base64, fit_size, load_image
-from frontend.keys import key_hash, match_key, presented_key
 from frontend.netguard import denial_reason
 from frontend.schemas import parse_body
 from frontend.settings import Settings

@@ -1,30 +1,9 @@
-"""Application state keys (``web.AppKey``) and API-key checking."""
+"""API keys: hashed at start-up, matched in constant time; runs are owned by the key's hash."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-
-import aiohttp
-from aiohttp import web
-
-from .metrics import Metrics
-from .readiness import Readiness
-from .runs import RunService
-from .settings import Settings
-from .store import RunStore
-from .triton_backend import TritonBackend
-from .webhooks import WebhookDeliverer
-
-SETTINGS = web.AppKey("settings", Settings)
-METRICS = web.AppKey("metrics", Metrics)
-STORE = web.AppKey("store", RunStore)
-BACKEND = web.AppKey("backend", TritonBackend)
-SESSION = web.AppKey("session", aiohttp.ClientSession)
-DELIVERER = web.AppKey("deliverer", WebhookDeliverer)
-RUNS = web.AppKey("runs", RunService)
-KEY_HASHES = web.AppKey("key_hashes", tuple[str, ...])
-READINESS = web.AppKey("readiness", Readiness)
 
 
 def key_hash(key: str) -> str:
@@ -34,7 +13,9 @@ def key_hash(key: str) -> str:
 
 
 def match_key(presented: str, known_hashes: tuple[str, ...]) -> str | None:
-    """The matching key's hash, comparing against every known key in constant time (no early exit)."""
+    """The matching key's hash. Constant time by construction: the presented key is hashed first, so every
+    comparison is of two equal-length digests, through ``hmac.compare_digest``, against every known key
+    (no early exit), whatever the presented key's length or prefix."""
     candidate = key_hash(presented)
     match = None
     for known in known_hashes:

@@ -9,12 +9,14 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .errors import BackendUnavailable, InvalidJson, NotFound
-from .keys import METRICS, READINESS, RUNS, SETTINGS, STORE
+from ..app_keys import METRICS, READINESS, RUNS, SETTINGS
+from ..errors import BackendUnavailable, InvalidJson, NotFound
+from ..runs.recovery import consume_outcome
+from ..runs.service import ACCEPTED_MESSAGE
+from ..schemas import parse_body
+from ..store import RunStatus
 from .middlewares import KEY_HASH
 from .openapi import openapi_document
-from .runs import ACCEPTED_MESSAGE, consume_outcome, run_view
-from .schemas import parse_body
 
 
 async def read_json(request: web.Request) -> Any:
@@ -41,7 +43,11 @@ async def predict(request: web.Request) -> web.Response:
     task = runs.start(prepared.run_id, prepared.params, prepared.image, prepared.webhook_endpoint)
     if prepared.webhook_endpoint is not None:
         task.add_done_callback(consume_outcome)
-        answer: dict[str, Any] = {"run_id": prepared.run_id, "message": ACCEPTED_MESSAGE, "status": "queued"}
+        answer: dict[str, Any] = {
+            "run_id": prepared.run_id,
+            "message": ACCEPTED_MESSAGE,
+            "status": str(RunStatus.QUEUED),
+        }
         if prepared.warnings:
             answer["warnings"] = prepared.warnings
         return web.json_response(answer, status=202, headers={"Location": f"/runs/{prepared.run_id}"})
@@ -51,11 +57,10 @@ async def predict(request: web.Request) -> web.Response:
 
 async def get_run(request: web.Request) -> web.Response:
     run_id = request.match_info["run_id"]
-    run = await request.app[RUNS].get(run_id, request[KEY_HASH])
-    if run is None:  # also for another key's run: its existence is not ours to reveal
+    view = await request.app[RUNS].view(run_id, request[KEY_HASH])
+    if view is None:  # also for another key's run: its existence is not ours to reveal
         raise NotFound(f"no run {run_id!r} for this API key", param="run_id")
-    delivery = await request.app[STORE].delivery_for_run(run_id)
-    return web.json_response(run_view(run, delivery))
+    return web.json_response(view)
 
 
 async def healthz(request: web.Request) -> web.Response:

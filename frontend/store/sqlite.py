@@ -1,18 +1,20 @@
-"""The run store: every accepted run and every webhook delivery, in embedded SQLite.
+"""The run store in embedded SQLite (the default): the only module that imports ``aiosqlite``.
 
 A run is written before we answer, and its webhook delivery is written in the same transaction as its
 result (an outbox), so a restart loses neither: unfinished runs are resumed, pending deliveries re-sent.
+One process owns the file, so leases need no bookkeeping here: claims hand out all eligible work.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
+
+from .records import Delivery, DeliveryState, DeliveryStatus, Run, RunStatus
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -43,35 +45,8 @@ CREATE TABLE IF NOT EXISTS deliveries (
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (next_attempt_at) WHERE status = 'pending';
 """
 
-UNFINISHED = ("queued", "processing")
 
-
-@dataclass(frozen=True)
-class Run:
-    id: str
-    key_hash: str
-    status: str
-    created_at: float
-    started_at: float | None
-    finished_at: float | None
-    params: dict[str, Any]
-    image_png: bytes | None
-    webhook_endpoint: str | None
-    body: dict[str, Any] | None  # the answer (succeeded) or the error body (failed)
-
-
-@dataclass(frozen=True)
-class Delivery:
-    id: str
-    run_id: str
-    url: str
-    payload: str
-    status: str
-    attempts: int
-    next_attempt_at: float
-
-
-class RunStore:
+class SqliteRunStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db: aiosqlite.Connection | None = None
@@ -91,8 +66,8 @@ class RunStore:
             self._db = None
 
     @property
-    def db(self) -> aiosqlite.Connection:
-        assert self._db is not None, "RunStore.open() first"
+    def _conn(self) -> aiosqlite.Connection:
+        assert self._db is not None, "open() first"
         return self._db
 
     async def create_run(
@@ -102,59 +77,63 @@ class RunStore:
         params: dict[str, Any],
         image_png: bytes | None,
         webhook_endpoint: str | None,
-        status: str = "queued",
+        status: RunStatus = RunStatus.QUEUED,
     ) -> None:
         now = time.time()
-        await self.db.execute(
+        await self._conn.execute(
             "INSERT INTO runs (id, key_hash, status, created_at, started_at, params, image_png, webhook_endpoint)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (run_id, key_hash, status, now, now if status == "processing" else None, json.dumps(params), image_png,
-             webhook_endpoint),
+            (run_id, key_hash, str(status), now, now if status == RunStatus.PROCESSING else None, json.dumps(params),
+             image_png, webhook_endpoint),
         )  # fmt: skip
-        await self.db.commit()
+        await self._conn.commit()
 
     async def mark_processing(self, run_id: str) -> None:
-        await self.db.execute(
+        await self._conn.execute(
             "UPDATE runs SET status = 'processing', started_at = ? WHERE id = ?", (time.time(), run_id)
         )
-        await self.db.commit()
+        await self._conn.commit()
 
-    async def finish_run(self, run_id: str, status: str, body: dict[str, Any], delivery: Delivery | None) -> None:
-        """Store the outcome and (same transaction) the webhook delivery that announces it."""
+    async def finish_run(self, run_id: str, status: RunStatus, body: dict[str, Any], delivery: Delivery | None) -> None:
         now = time.time()
-        await self.db.execute(
+        await self._conn.execute(
             "UPDATE runs SET status = ?, finished_at = ?, body = ?, image_png = NULL WHERE id = ?",
-            (status, now, json.dumps(body), run_id),
+            (str(status), now, json.dumps(body), run_id),
         )
         if delivery is not None:
-            await self.db.execute(
+            await self._conn.execute(
                 "INSERT OR IGNORE INTO deliveries (id, run_id, url, payload, status, attempts, next_attempt_at,"
                 " updated_at) VALUES (?, ?, ?, ?, 'pending', 0, ?, ?)",
                 (delivery.id, delivery.run_id, delivery.url, delivery.payload, delivery.next_attempt_at, now),
             )
-        await self.db.commit()
+        await self._conn.commit()
 
-    async def get_run(self, run_id: str) -> Run | None:
-        async with self.db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)) as cursor:
+    async def get_run(self, run_id: str, key_hash: str | None = None) -> Run | None:
+        async with self._conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)) as cursor:
             row = await cursor.fetchone()
-        return None if row is None else _run(row)
+        if row is None or (key_hash is not None and row["key_hash"] != key_hash):
+            return None
+        return _run(row)
 
-    async def unfinished_runs(self) -> list[Run]:
-        async with self.db.execute(
+    async def claim_unfinished_runs(self, owner: str, lease_s: float) -> list[Run]:
+        async with self._conn.execute(
             "SELECT * FROM runs WHERE status IN ('queued', 'processing') ORDER BY created_at"
         ) as cursor:
             return [_run(row) for row in await cursor.fetchall()]
 
-    async def due_deliveries(self, now: float, limit: int = 32) -> list[Delivery]:
-        async with self.db.execute(
+    async def claim_due_deliveries(self, owner: str, now: float, lease_s: float, limit: int = 32) -> list[Delivery]:
+        async with self._conn.execute(
             "SELECT id, run_id, url, payload, status, attempts, next_attempt_at FROM deliveries"
             " WHERE status = 'pending' AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?",
             (now, limit),
         ) as cursor:
-            return [Delivery(*row) for row in await cursor.fetchall()]
+            return [
+                Delivery(id, run_id, url, payload, DeliveryStatus(status), attempts, next_attempt_at)
+                for id, run_id, url, payload, status, attempts, next_attempt_at in await cursor.fetchall()
+            ]
 
     async def next_delivery_at(self) -> float | None:
-        async with self.db.execute("SELECT MIN(next_attempt_at) FROM deliveries WHERE status = 'pending'") as cursor:
+        async with self._conn.execute("SELECT MIN(next_attempt_at) FROM deliveries WHERE status = 'pending'") as cursor:
             row = await cursor.fetchone()
         return None if row is None or row[0] is None else float(row[0])
 
@@ -162,32 +141,38 @@ class RunStore:
         self,
         delivery_id: str,
         *,
-        status: str,
+        status: DeliveryStatus,
         attempts: int,
         next_attempt_at: float,
         http_status: int | None,
         error: str | None,
     ) -> None:
-        await self.db.execute(
+        await self._conn.execute(
             "UPDATE deliveries SET status = ?, attempts = ?, next_attempt_at = ?, last_status = ?, last_error = ?,"
             " updated_at = ? WHERE id = ?",
-            (status, attempts, next_attempt_at, http_status, error, time.time(), delivery_id),
+            (str(status), attempts, next_attempt_at, http_status, error, time.time(), delivery_id),
         )
-        await self.db.commit()
+        await self._conn.commit()
 
-    async def delivery_for_run(self, run_id: str) -> dict[str, Any] | None:
-        async with self.db.execute(
+    async def delivery_for_run(self, run_id: str) -> DeliveryState | None:
+        async with self._conn.execute(
             "SELECT status, attempts, last_status FROM deliveries WHERE run_id = ?", (run_id,)
         ) as cursor:
             row = await cursor.fetchone()
-        return None if row is None else {"status": row[0], "attempts": row[1], "last_status": row[2]}
+        return None if row is None else DeliveryState(DeliveryStatus(row[0]), row[1], row[2])
+
+    async def renew_leases(self, owner: str, lease_s: float) -> None:
+        return None  # a single owner: nothing to renew
+
+    async def release_leases(self, owner: str) -> None:
+        return None  # a single owner: nothing to hand over
 
 
 def _run(row: aiosqlite.Row) -> Run:
     return Run(
         id=row["id"],
         key_hash=row["key_hash"],
-        status=row["status"],
+        status=RunStatus(row["status"]),
         created_at=row["created_at"],
         started_at=row["started_at"],
         finished_at=row["finished_at"],

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import ERROR_TABLE
-from .schemas import PredictBody
-from .settings import Settings
+from ..errors import ERROR_TABLE
+from ..schemas import PredictBody
+from ..settings import Settings
 
 ERROR_SCHEMA = {
     "type": "object",

@@ -9,13 +9,14 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from .errors import ApiError, MethodNotAllowed, NotFound, PayloadTooLarge, Unauthorized
-from .keys import KEY_HASHES, METRICS, SETTINGS, match_key, presented_key
+from ..app_keys import KEY_HASHES, METRICS, SETTINGS
+from ..auth import match_key, presented_key
+from ..errors import ApiError, MethodNotAllowed, NotFound, PayloadTooLarge, Unauthorized
 
 log = logging.getLogger("frontend.http")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PUBLIC_PATHS = {"/healthz", "/readyz", "/metrics", "/openapi.json"}
-KEY_HASH = "key_hash"  # request-scoped: the caller's key hash, set by auth
+KEY_HASH = web.RequestKey("key_hash", str)  # the caller's key hash, set by auth
 
 
 def error_response(error: ApiError) -> web.Response:

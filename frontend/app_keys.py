@@ -1,0 +1,24 @@
+"""The typed application state (``web.AppKey``s): what ``create_app`` opens and the handlers use."""
+
+from __future__ import annotations
+
+import aiohttp
+from aiohttp import web
+
+from .metrics import Metrics
+from .readiness import Readiness
+from .runs.service import RunService
+from .settings import Settings
+from .store import RunStore
+from .triton_backend import TritonBackend
+from .webhooks import WebhookDeliverer
+
+SETTINGS = web.AppKey("settings", Settings)
+METRICS = web.AppKey("metrics", Metrics)
+STORE = web.AppKey("store", RunStore)
+BACKEND = web.AppKey("backend", TritonBackend)
+SESSION = web.AppKey("session", aiohttp.ClientSession)
+DELIVERER = web.AppKey("deliverer", WebhookDeliverer)
+RUNS = web.AppKey("runs", RunService)
+KEY_HASHES = web.AppKey("key_hashes", tuple[str, ...])
+READINESS = web.AppKey("readiness", Readiness)
