@@ -53,10 +53,10 @@ class Frontend:
     def start(self, timeout_s: float = 60) -> Frontend:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.data_dir / f"frontend-{self.port}.log"
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "frontend"], cwd=REPO_ROOT, env=self.environment(), stdout=log, stderr=log
-        )
+        with self.log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "frontend"], cwd=REPO_ROOT, env=self.environment(), stdout=log, stderr=log
+            )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

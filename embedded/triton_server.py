@@ -269,6 +269,8 @@ class EmbeddedTriton:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signal.SIGKILL)
         self._join_reader()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
         self.remove_shm_regions()
         return self.process.returncode
 

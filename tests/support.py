@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,16 @@ import numpy as np
 from embedded.frontend_process import API_KEYS, WEBHOOK_SECRET, Frontend
 from embedded.triton_server import EmbeddedTriton, free_port
 
-__all__ = ["API_KEYS", "SEED_CURL_BODY", "WEBHOOK_SECRET", "Frontend", "free_port", "random_image", "start_triton"]
+__all__ = [
+    "request_body",
+    "API_KEYS",
+    "SEED_CURL_BODY",
+    "WEBHOOK_SECRET",
+    "Frontend",
+    "free_port",
+    "random_image",
+    "start_triton",
+]
 
 # The hosted API's example body exactly as its doc prints it: two commas are missing.
 SEED_CURL_BODY = """{
@@ -23,6 +33,12 @@ SEED_CURL_BODY = """{
 "file_url": "https://your-url.com/image.png"
 "webhook_endpoint": "https://your-url.com"
 }"""
+
+
+def request_body(data: str | bytes) -> str | bytes | io.BytesIO:
+    """A body for aiohttp: over 1 MiB as a stream (aiohttp warns that raw bytes that large block its loop)."""
+    raw = data.encode() if isinstance(data, str) else data
+    return io.BytesIO(raw) if len(raw) > 2**20 else data
 
 
 def random_image(size: tuple[int, int] = (64, 64), seed: int = 0) -> np.ndarray:

@@ -63,6 +63,8 @@ def file_server_app(routes: dict[str, web.StreamResponse | bytes]) -> web.Applic
             return web.Response(status=404)
         if isinstance(item, bytes):
             return web.Response(body=item, content_type="image/png")
+        if isinstance(item, web.HTTPRedirection):  # raised, not returned; a fresh one per request
+            raise type(item)(item.location)
         return item
 
     app = web.Application()

@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 from PIL import Image
 
-from ..support import API_KEYS, SEED_CURL_BODY, Frontend
+from ..support import API_KEYS, SEED_CURL_BODY, Frontend, request_body
 from .servers import Listener, file_server_app, png_bytes
 
 pytestmark = pytest.mark.integration
@@ -37,7 +37,7 @@ def seed_body(image_b64: str, **overrides: Any) -> dict[str, Any]:
 
 async def post(http: aiohttp.ClientSession, frontend: Frontend, body: Any, **kwargs: Any) -> tuple[int, Any, Any]:
     data = body if isinstance(body, str | bytes) else json.dumps(body)
-    async with http.post(f"{frontend.url}/predict", data=data, **kwargs) as response:
+    async with http.post(f"{frontend.url}/predict", data=request_body(data), **kwargs) as response:
         return response.status, await response.json(), response.headers
 
 

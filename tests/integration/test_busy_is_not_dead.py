@@ -28,7 +28,7 @@ from embedded.supervisor import Supervisor
 from embedded.triton_server import DEFAULT_MODEL_REPOSITORY, REPO_ROOT, EmbeddedTriton
 
 from ..e2e.servers import png_bytes
-from ..support import API_KEYS, Frontend, start_triton
+from ..support import API_KEYS, Frontend, request_body, start_triton
 
 pytestmark = pytest.mark.integration
 CANARY = REPO_ROOT / "docker" / "triton_canary.py"
@@ -103,7 +103,8 @@ async def test_long_work_is_busy_not_dead_and_real_deaths_are_still_restarted(
 
             async def predict(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
                 timeout = aiohttp.ClientTimeout(total=600)
-                async with http.post(f"{working.url}/predict", data=json.dumps(body), timeout=timeout) as response:
+                data = request_body(json.dumps(body))
+                async with http.post(f"{working.url}/predict", data=data, timeout=timeout) as response:
                     return response.status, await response.json()
 
             request = asyncio.create_task(predict(long_body))

@@ -19,7 +19,7 @@ import psutil
 
 from embedded.triton_server import REPO_ROOT, free_port
 
-from ..support import Frontend
+from ..support import Frontend, request_body
 
 STUB_NAME = "triton_python_backend_stub"
 
@@ -41,7 +41,7 @@ async def post_predict(
     started = time.monotonic()
     try:
         async with http.post(
-            f"{url}/predict", data=json.dumps(body), timeout=aiohttp.ClientTimeout(total=timeout_s)
+            f"{url}/predict", data=request_body(json.dumps(body)), timeout=aiohttp.ClientTimeout(total=timeout_s)
         ) as response:
             text = await response.text()
             status, retry_after = response.status, response.headers.get("Retry-After")

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from schemathesis.generation.modes import GenerationMode
 
-from ..support import API_KEYS, Frontend
+from ..support import API_KEYS, Frontend, request_body
 from .conftest import Scale
 from .corpus import Case, corpus, error_shape_problem, valid_body
 from .figures import Figures
@@ -67,7 +67,11 @@ class RssSampler:
 async def send(session: aiohttp.ClientSession, frontend: Frontend, case: Case) -> tuple[int, Any]:
     skip = set() if "Content-Type" in case.headers else {"Content-Type"}
     async with session.request(
-        case.method, f"{frontend.url}{case.path}", data=case.make(), headers=case.headers, skip_auto_headers=skip
+        case.method,
+        f"{frontend.url}{case.path}",
+        data=request_body(case.make()),
+        headers=case.headers,
+        skip_auto_headers=skip,
     ) as response:
         raw = await response.read()
         try:
