@@ -129,12 +129,14 @@ def read_progress(url: str, metrics_url: str | None, model: str, timeout: float 
     return counters, pending
 
 
-def stub_state(model: str, server_pid: int | None = None) -> str | None:
-    """ "alive", "gone" (a dead or zombie stub, or none) or None when no tritonserver is visible here.
+def stub_state(model: str, server_pid: int | None = None, http_port: int | None = None) -> str | None:
+    """The stub is "alive" or "gone" (dead, a zombie, or none), or None when no tritonserver is visible.
 
-    The stub's command line names its model instance (``sd_img2img_0``) and its server's pid.
+    The server: ``server_pid``, else the one started with ``--http-port=<http_port>``, else every visible
+    one (a container has one; any of them without a live stub is "gone"). The stub's command line names
+    its model instance (``sd_img2img_0``) and its server's pid.
     """
-    servers = set()
+    servers: dict[int, list[bytes]] = {}
     stubs = []
     try:
         entries = [p for p in os.listdir("/proc") if p.isdigit()]
@@ -149,16 +151,22 @@ def stub_state(model: str, server_pid: int | None = None) -> str | None:
         except OSError:
             continue
         if argv and argv[0].endswith(b"tritonserver") and state != "Z":
-            servers.add(int(pid))
+            servers[int(pid)] = argv
         elif argv and argv[0].endswith(STUB_BINARY) and any(a.startswith(f"{model}_".encode()) for a in argv):
             stubs.append((argv, state))
     if server_pid is not None:
-        servers &= {server_pid}
+        servers = {pid: argv for pid, argv in servers.items() if pid == server_pid}
+    elif http_port is not None:
+        flag = f"--http-port={http_port}".encode()
+        servers = {pid: argv for pid, argv in servers.items() if flag in argv} or servers
     if not servers:
         return None
-    # Our server's stubs: their arguments carry its pid; a zombie was killed and not yet reaped.
-    ours = [state for argv, state in stubs if any(a == str(pid).encode() for pid in servers for a in argv)]
-    return "alive" if ours and all(state != "Z" for state in ours) else "gone"
+    for pid in servers:
+        # This server's stubs: their arguments carry its pid; a zombie was killed and not yet reaped.
+        own = [state for argv, state in stubs if str(pid).encode() in argv]
+        if not own or any(state == "Z" for state in own):
+            return "gone"
+    return "alive"
 
 
 @dataclass
@@ -207,7 +215,8 @@ class Liveness:
     memory: Memory = field(default_factory=Memory)
 
     def judge(self, now: float | None = None) -> Verdict:
-        if self.check_stub and stub_state(self.model, self.server_pid) == "gone":
+        port = int(self.url.rsplit(":", 1)[1]) if ":" in self.url else None
+        if self.check_stub and stub_state(self.model, self.server_pid, port) == "gone":
             return Verdict(False, True, f"the Python stub of {self.model} is gone")
         unreachable = is_reachable(self.url)
         if unreachable:
