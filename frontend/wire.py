@@ -35,8 +35,13 @@ INPUTS = (
     TensorSpec("scheduler", "BYTES", (1,), optional=True),
 )
 OUTPUTS = (TensorSpec("images", "UINT8", (-1, -1, -1, 3)), TensorSpec("seeds", "INT64", (-1,)))
-NUMPY_TYPES: dict[str, type] = {"BYTES": object, "UINT8": np.uint8, "FP32": np.float32, "INT32": np.int32}
-NUMPY_TYPES["INT64"] = np.int64
+NUMPY_TYPES: dict[str, type] = {
+    "BYTES": object,
+    "UINT8": np.uint8,
+    "FP32": np.float32,
+    "INT32": np.int32,
+    "INT64": np.int64,
+}
 
 
 def input_arrays(job: GenerationInput) -> list[tuple[TensorSpec, np.ndarray]]:

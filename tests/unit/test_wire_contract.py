@@ -23,8 +23,13 @@ from tests.model import fake_pb_utils
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "model_repository" / "sd_img2img" / "config.pbtxt"
 # Triton's config type -> its wire datatype.
-WIRE_TYPES = {"TYPE_STRING": "BYTES", "TYPE_UINT8": "UINT8", "TYPE_FP32": "FP32", "TYPE_INT32": "INT32"}
-WIRE_TYPES["TYPE_INT64"] = "INT64"
+WIRE_TYPES = {
+    "TYPE_STRING": "BYTES",
+    "TYPE_UINT8": "UINT8",
+    "TYPE_FP32": "FP32",
+    "TYPE_INT32": "INT32",
+    "TYPE_INT64": "INT64",
+}
 
 
 def config_tensors(kind: str) -> list[tuple[str, str, tuple[int, ...], bool]]:
