@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import secrets
@@ -21,10 +20,11 @@ from .metrics import Metrics
 from .netguard import guarded_socket_factory
 from .readiness import Readiness
 from .runs.execute import RunExecutor
-from .runs.recovery import resume_unfinished
+from .runs.recovery import keep_leases
+from .runs.retention import expire_forever
 from .runs.service import RunService
 from .settings import Settings
-from .store import RunStore, open_store
+from .store import RunStore, open_store, redacted
 from .triton_backend import TritonBackend
 from .webhooks import WebhookDeliverer, WebhookSigner
 
@@ -67,8 +67,9 @@ def _store(given: RunStore | None):  # type: ignore[no-untyped-def]  # a cleanup
             raise RuntimeError("no API keys configured: set SD_API_KEYS (comma-separated)")
         if settings.webhook_secret is None:
             raise RuntimeError("no webhook secret configured: set SD_WEBHOOK_SECRET (whsec_ + base64)")
-        store = given or open_store(settings.store_url)
+        store = given or open_store(settings.store_url, pool_size=settings.database_pool_size)
         await store.open()
+        log.info("run store open: %s", redacted(settings.store_url))
         app[STORE] = store
         try:
             yield
@@ -95,7 +96,7 @@ def _backend(given: TritonBackend | None):  # type: ignore[no-untyped-def]  # a 
     async def backend_ctx(app: web.Application) -> AsyncIterator[None]:
         settings = app[SETTINGS]
         backend = given or TritonBackend(settings.triton_url, settings.triton_model, settings.triton_timeout_s)
-        app[BACKEND], app[READINESS] = backend, Readiness(backend, settings)
+        app[BACKEND], app[READINESS] = backend, Readiness(backend, settings, app[STORE])
         try:
             yield
         finally:
@@ -105,24 +106,34 @@ def _backend(given: TritonBackend | None):  # type: ignore[no-untyped-def]  # a 
 
 
 async def _runs(app: web.Application) -> AsyncIterator[None]:
-    """The webhook loop and the run service; then take over unfinished runs."""
+    """The run service and this replica's loops: webhook deliveries, leases (heartbeat and takeover of
+    lapsed work), retention. At shutdown, after the drain, what is still leased is handed back at once."""
     settings, store, metrics = app[SETTINGS], app[STORE], app[METRICS]
     assert settings.webhook_secret is not None
     owner = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"  # this replica, for leases
     signer = WebhookSigner(settings.webhook_secret.get_secret_value())
     deliverer = WebhookDeliverer(store, app[SESSION], signer, settings, metrics, owner)
     executor = RunExecutor(settings, store, app[BACKEND], deliverer, metrics)
-    app[DELIVERER], app[RUNS] = deliverer, RunService(settings, store, executor, app[SESSION], metrics)
-    delivery_task = asyncio.create_task(deliverer.run_forever(), name="webhook-deliveries")
+    app[DELIVERER], app[RUNS] = deliverer, RunService(settings, store, executor, app[SESSION], metrics, owner)
+    look_for_runs = asyncio.Event()
+
+    def peer_made_work() -> None:
+        deliverer.wake()
+        look_for_runs.set()
+
+    store.subscribe(peer_made_work)
+    log.info("replica %s", owner)
+    loops = [
+        asyncio.create_task(deliverer.run_forever(), name="webhook-deliveries"),
+        asyncio.create_task(keep_leases(app[RUNS], store, settings, metrics, look_for_runs), name="leases"),
+        asyncio.create_task(expire_forever(store, settings, metrics), name="retention"),
+    ]
     try:
-        resumed = await resume_unfinished(app[RUNS], store, owner, settings.lease_s)
-        if resumed:
-            log.info("resumed %d unfinished runs", resumed)
         yield
     finally:
-        delivery_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await delivery_task
+        for loop in loops:
+            loop.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
         await store.release_leases(owner)
 
 

@@ -62,6 +62,19 @@ class NotFound(ApiError):
     status, code = 404, "not_found"
 
 
+class ResultExpired(ApiError):
+    """The run finished, but its result was deleted after ``SD_RESULT_TTL_S``: run it again (same seed, same images)."""
+
+    status, code = 410, "result_expired"
+
+    def __init__(self, message: str, *, run: dict[str, Any]) -> None:
+        super().__init__(message, param="run_id")
+        self.run = run
+
+    def body(self) -> dict[str, Any]:
+        return {**self.run, **super().body()}
+
+
 class MethodNotAllowed(ApiError):
     status, code = 405, "method_not_allowed"
 
@@ -95,6 +108,7 @@ ERROR_TABLE: list[tuple[int, str, str]] = [
         PayloadTooLarge,
         Unauthorized,
         NotFound,
+        ResultExpired,
         MethodNotAllowed,
         BackendUnavailable,
         BackendTimeout,

@@ -27,6 +27,15 @@ class Metrics:
         self.triton_latency = Histogram(
             "sd_triton_request_duration_seconds", "Time in Triton per run", buckets=LATENCY_BUCKETS, registry=r
         )
+        self.leases_lost = Counter(
+            "sd_leases_lost_total", "Writes refused because another replica took the work over", ["kind"], registry=r
+        )
+        self.takeovers = Counter(
+            "sd_takeovers_total", "Runs this replica took over from another (or from before a restart)", registry=r
+        )
+        self.expired = Counter(
+            "sd_retention_expired_total", "Results and runs deleted by retention", ["kind"], registry=r
+        )
         self.webhooks = Counter(
             "sd_webhook_deliveries_total", "Webhook delivery attempts by outcome", ["outcome"], registry=r
         )

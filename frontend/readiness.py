@@ -1,11 +1,11 @@
 """``/readyz``: can this replica take work now? Busy is not dead.
 
-Ready means Triton's model is loaded, nothing says it is dead, and its queue is not full. The evidence
-comes first from real traffic (every call to the model is recorded in ``BackendHealth``), and only when
-there is none, from one canary inference. A canary is never taken to mean death by waiting: the model's
-stub runs one batch at a time, so behind a long batch (minutes for a full-size model on a CPU) any
-canary waits; only a canary that waits ``readyz_stall_s`` makes the replica unready. At most one canary
-is in flight, so probes never fill Triton's queue with canaries.
+Ready means the run store answers, Triton's model is loaded, nothing says it is dead, and its queue is
+not full. The evidence comes first from real traffic (every call to the model is recorded in
+``BackendHealth``), and only when there is none, from one canary inference. A canary is never taken
+to mean death by waiting: the model's stub runs one batch at a time, so behind a long batch (minutes
+for a full-size model on a CPU) any canary waits; only a canary that waits ``readyz_stall_s`` makes the
+replica unready. At most one canary is in flight, so probes never fill Triton's queue with canaries.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import numpy as np
 
 from .generation import GenerationInput
 from .settings import Settings
+from .store import RunStore
 from .triton_backend import TritonBackend
 
 # 64 px: the smallest side SD 1.5's UNet takes (latent 8, halved three times).
@@ -36,6 +37,7 @@ CANARY = GenerationInput(
 class Readiness:
     backend: TritonBackend
     settings: Settings
+    store: RunStore
     _canary: asyncio.Task[object] | None = None
     _canary_sent_at: float = -math.inf
     _verdict: str | None = None
@@ -52,6 +54,10 @@ class Readiness:
         return self._verdict
 
     async def _check(self) -> str | None:
+        try:
+            await asyncio.wait_for(self.store.ping(), timeout=self.settings.canary_timeout_s)
+        except Exception as exc:  # a replica that cannot record runs must not take them
+            return f"the run store does not answer: {type(exc).__name__}: {exc}"
         if not await self.backend.is_model_ready():
             return f"Triton model {self.settings.triton_model!r} is not ready"
         health, now = self.backend.health, time.monotonic()

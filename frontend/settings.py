@@ -22,9 +22,16 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8080
     data_dir: Path = Path("data")
-    # The run store: sqlite:///path (default: runs.sqlite3 in data_dir). The engine is the scheme.
+    # The run store: sqlite:///path (default: runs.sqlite3 in data_dir), or postgresql://user:pw@host/db
+    # for several replicas. The engine is the scheme.
     database_url: str = ""
-    lease_s: float = 30.0  # how long a replica's claim on a run or a delivery lasts unrenewed
+    database_pool_size: int = Field(default=10, ge=1)  # connections per replica (PostgreSQL)
+    lease_s: float = Field(default=30.0, gt=0)  # how long a replica's claim on a run or a delivery lasts unrenewed
+    lease_poll_s: float = Field(default=2.0, gt=0)  # how often a replica renews its leases and looks for lapsed ones
+    # Retention: results (and so webhook payloads) go after result_ttl_s, run records after run_ttl_s.
+    result_ttl_s: float = Field(default=3600.0, gt=0)
+    run_ttl_s: float = Field(default=7 * 24 * 3600.0, gt=0)
+    retention_interval_s: float = Field(default=60.0, gt=0)
     log_level: str = "INFO"
     shutdown_timeout_s: float = 60.0
 

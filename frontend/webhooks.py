@@ -15,7 +15,7 @@ from standardwebhooks import Webhook
 from .metrics import Metrics
 from .netguard import AddressDenied
 from .settings import Settings
-from .store import Delivery, DeliveryStatus, RunStore
+from .store import Delivery, DeliveryStatus, LeaseLost, RunStore
 
 log = logging.getLogger("frontend.webhooks")
 RETRY_AFTER_STATUSES = {429, 503}
@@ -127,14 +127,8 @@ class WebhookDeliverer:
                 "webhook attempt failed; retrying",
                 extra={"run_id": delivery.run_id, "attempt": attempts, "http_status": http_status, "delay_s": delay},
             )
-            await self.store.record_attempt(
-                delivery.id,
-                status=DeliveryStatus.PENDING,
-                attempts=attempts,
-                next_attempt_at=time.time() + delay,
-                http_status=http_status,
-                error=error or f"HTTP {http_status}",
-            )
+            error = error or f"HTTP {http_status}"
+            await self._record(delivery, DeliveryStatus.PENDING, attempts, time.time() + delay, http_status, error)
 
     async def _finish(
         self, delivery: Delivery, status: DeliveryStatus, attempts: int, http_status: int | None, error: str | None
@@ -143,11 +137,27 @@ class WebhookDeliverer:
         log.info(
             "webhook %s", status, extra={"run_id": delivery.run_id, "attempt": attempts, "http_status": http_status}
         )
-        await self.store.record_attempt(
-            delivery.id,
-            status=status,
-            attempts=attempts,
-            next_attempt_at=time.time(),
-            http_status=http_status,
-            error=error,
-        )
+        await self._record(delivery, status, attempts, time.time(), http_status, error)
+
+    async def _record(
+        self,
+        delivery: Delivery,
+        status: DeliveryStatus,
+        attempts: int,
+        next_attempt_at: float,
+        http_status: int | None,
+        error: str | None,
+    ) -> None:
+        try:
+            await self.store.record_attempt(
+                delivery.id,
+                delivery.lease,
+                status=status,
+                attempts=attempts,
+                next_attempt_at=next_attempt_at,
+                http_status=http_status,
+                error=error,
+            )
+        except LeaseLost as exc:  # we stalled past the lease; the new holder's record stands
+            self.metrics.leases_lost.labels("delivery").inc()
+            log.warning("webhook attempt not recorded: %s", exc, extra={"run_id": delivery.run_id})

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import base64
+import itertools
+import shutil
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -14,6 +17,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 MODEL_VERSION_DIR = REPO_ROOT / "model_repository" / "sd_img2img" / "1"
 sys.path.insert(0, str(MODEL_VERSION_DIR))  # img2img_requests / img2img_pipeline, as the stub sees them
 
+from embedded.postgres import EmbeddedPostgres  # noqa: E402
 from embedded.triton_server import DEFAULT_MODEL_REPOSITORY, EmbeddedTriton  # noqa: E402
 
 from .e2e.servers import png_bytes  # noqa: E402
@@ -44,6 +48,26 @@ def triton(tiny_model_path: Path) -> Iterator[EmbeddedTriton]:
     server = start_triton(DEFAULT_MODEL_REPOSITORY, tiny_model_path)
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[EmbeddedPostgres]:
+    """One real PostgreSQL server on a free port for the session (never a mock)."""
+    root = Path(tempfile.mkdtemp(prefix="sd-pg-"))
+    root.chmod(0o755)  # as root, the server runs as the postgres user, who must reach its folder
+    server = EmbeddedPostgres(root / "cluster").start()
+    yield server
+    server.destroy()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+_databases = itertools.count()
+
+
+@pytest.fixture
+def postgres_url(postgres: EmbeddedPostgres) -> str:
+    """A fresh, empty database on the session's server."""
+    return postgres.create_database(f"test_{next(_databases)}")
 
 
 @pytest.fixture(scope="session")

@@ -39,8 +39,8 @@ async def predict(request: web.Request) -> web.Response:
     runs = request.app[RUNS]
     body = parse_body(await read_json(request), request.app[SETTINGS])
     prepared = await runs.prepare(body)
-    await runs.create(prepared, request[KEY_HASH])
-    task = runs.start(prepared.run_id, prepared.params, prepared.image, prepared.webhook_endpoint)
+    lease = await runs.create(prepared, request[KEY_HASH])
+    task = runs.start(prepared.run_id, lease, prepared.params, prepared.image, prepared.webhook_endpoint)
     if prepared.webhook_endpoint is not None:
         task.add_done_callback(consume_outcome)
         answer: dict[str, Any] = {

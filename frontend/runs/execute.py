@@ -4,9 +4,10 @@ the images, and record the outcome with its outbox row; announce it to the webho
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
+from collections.abc import Awaitable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,7 @@ from ..errors import ApiError, BackendUnavailable
 from ..generation import Generated, GenerationInput
 from ..metrics import Metrics
 from ..settings import Settings
-from ..store import Delivery, DeliveryStatus, RunStatus, RunStore
+from ..store import Lease, LeaseLost, RunStatus, RunStore
 from ..triton_backend import TritonBackend
 from ..webhooks import WebhookDeliverer
 
@@ -47,12 +48,21 @@ def failure_body(run_id: str, error: ApiError) -> dict[str, Any]:
     return {"run_id": run_id, "message": FAILURE_MESSAGE, **error.body()}
 
 
-def webhook_delivery(run_id: str, url: str | None, body: dict[str, Any], status: RunStatus) -> Delivery | None:
-    if url is None:
-        return None
-    payload = json.dumps({"status": str(status), **body}, separators=(",", ":"))
-    # webhook-id is stable across retries (receivers deduplicate on it).
-    return Delivery(f"msg_{run_id}", run_id, url, payload, DeliveryStatus.PENDING, 0, time.time())
+@dataclass
+class HeldLease:
+    """The lease a running run writes under: re-claiming a run still running here updates it in place."""
+
+    current: Lease
+
+
+class RunTakenOver(BackendUnavailable):
+    """This replica stalled past its lease and another took the run over: our outcome was not stored."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(
+            f"run {run_id} was taken over by another replica after this one stalled; its outcome there stands"
+            " (GET /runs/{run_id}); send it again if it failed"
+        )
 
 
 class RunExecutor:
@@ -73,25 +83,25 @@ class RunExecutor:
         )
 
     async def execute(
-        self, run_id: str, params: dict[str, Any], image: np.ndarray, webhook_endpoint: str | None
+        self, run_id: str, lease: HeldLease, params: dict[str, Any], image: np.ndarray, webhook_endpoint: str | None
     ) -> dict[str, Any]:
         """Returns the answer body; raises ApiError for a failed run (stored and announced first)."""
         # 1. Mark it started (synchronous runs are created 'processing').
         if webhook_endpoint is not None:
-            await self.store.mark_processing(run_id)
+            await self._fenced(run_id, self.store.mark_processing(run_id, lease.current))
         # 2. Generate.
         started = time.perf_counter()
         try:
             generated = await self._generate(run_id, generation_input(params, image), webhook_endpoint is not None)
         except ApiError as exc:
-            return await self.fail(run_id, exc, webhook_endpoint)
+            return await self.fail(run_id, lease, exc, webhook_endpoint)
         triton_ms = ms_since(started)
         self.metrics.triton_latency.observe(triton_ms / 1000)
         # 3. Encode and shape the answer.
         body = await self._answer(run_id, params, generated, started, triton_ms)
-        # 4. Record it with its outbox row, then announce it.
-        delivery = webhook_delivery(run_id, webhook_endpoint, body, RunStatus.SUCCEEDED)
-        await self.store.finish_run(run_id, RunStatus.SUCCEEDED, body, delivery)
+        # 4. Record it with its outbox row (under our lease only), then announce it.
+        finish = self.store.finish_run(run_id, lease.current, RunStatus.SUCCEEDED, body, webhook_endpoint)
+        await self._fenced(run_id, finish)
         self.metrics.images.inc(len(body["result"]))
         self.metrics.runs.labels("succeeded").inc()
         self.deliverer.wake()
@@ -140,11 +150,21 @@ class RunExecutor:
             body["warnings"] = params["warnings"]
         return body
 
-    async def fail(self, run_id: str, exc: ApiError, webhook_endpoint: str | None) -> dict[str, Any]:
+    async def fail(self, run_id: str, lease: HeldLease, exc: ApiError, webhook_endpoint: str | None) -> dict[str, Any]:
         body = failure_body(run_id, exc)
-        delivery = webhook_delivery(run_id, webhook_endpoint, body, RunStatus.FAILED)
-        await self.store.finish_run(run_id, RunStatus.FAILED, body, delivery)
+        await self._fenced(
+            run_id, self.store.finish_run(run_id, lease.current, RunStatus.FAILED, body, webhook_endpoint)
+        )
         self.metrics.runs.labels("failed").inc()
         self.deliverer.wake()
         log.info("run failed: %s", exc.message, extra={"run_id": run_id, "code": exc.code})
         raise exc
+
+    async def _fenced(self, run_id: str, write: Awaitable[None]) -> None:
+        """A write refused by fencing means another replica owns the run now: stop, store nothing."""
+        try:
+            await write
+        except LeaseLost as exc:
+            self.metrics.leases_lost.labels("run").inc()
+            log.warning("run taken over by another replica: %s", exc, extra={"run_id": run_id})
+            raise RunTakenOver(run_id) from exc

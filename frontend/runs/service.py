@@ -14,14 +14,14 @@ import aiohttp
 import numpy as np
 
 from .. import images
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, ResultExpired
 from ..fetch import check_url, fetch_file_url
 from ..metrics import Metrics
 from ..netguard import host_denial_reason
 from ..schemas import PredictBody
 from ..settings import Settings
-from ..store import RunStatus, RunStore
-from .execute import RunExecutor, ms_since
+from ..store import Lease, RunStatus, RunStore
+from .execute import HeldLease, RunExecutor, ms_since
 from .view import run_view
 
 log = logging.getLogger("frontend.runs")
@@ -46,6 +46,7 @@ class RunService:
         executor: RunExecutor,
         session: aiohttp.ClientSession,
         metrics: Metrics,
+        owner: str,
     ) -> None:
         self.settings, self.store, self.executor, self.session, self.metrics = (
             settings,
@@ -54,7 +55,10 @@ class RunService:
             session,
             metrics,
         )
+        self.owner = owner  # this replica: the holder of the leases on the runs it accepts
         self._tasks: dict[str, asyncio.Task[dict[str, Any]]] = {}
+        self._leases: dict[str, HeldLease] = {}
+        self.draining = False  # shutting down: take over nothing more
 
     # 1. Turn a validated body into a run: fetch/decode the image, check the webhook URL.
     async def prepare(self, body: PredictBody) -> PreparedRun:
@@ -101,28 +105,39 @@ class RunService:
         if reason is not None:
             raise InvalidRequest(f"webhook_endpoint is not allowed: {reason}", param="webhook_endpoint")
 
-    # 2. Record it before answering.
-    async def create(self, prepared: PreparedRun, key_hash: str) -> None:
+    # 2. Record it before answering, leased to this replica.
+    async def create(self, prepared: PreparedRun, key_hash: str) -> Lease:
+        owner, lease_s = self.owner, self.settings.lease_s
         if prepared.webhook_endpoint is None:
             # Synchronous: the caller holds the connection and retries if it breaks, so after a crash
             # there is no one to resume for. No input image is kept (a PNG encode per request saved,
             # 40 ms at 512x512) and the run starts as 'processing' (one commit fewer).
-            await self.store.create_run(prepared.run_id, key_hash, prepared.params, None, None, RunStatus.PROCESSING)
+            granted = await self.store.create_run(
+                prepared.run_id, key_hash, prepared.params, None, None, owner=owner, lease_s=lease_s,
+                status=RunStatus.PROCESSING,
+            )  # fmt: skip
         else:
             png = await asyncio.to_thread(images.png_bytes, prepared.image)
-            await self.store.create_run(prepared.run_id, key_hash, prepared.params, png, prepared.webhook_endpoint)
+            granted = await self.store.create_run(
+                prepared.run_id, key_hash, prepared.params, png, prepared.webhook_endpoint, owner=owner, lease_s=lease_s
+            )
         log.info("run accepted", extra={"run_id": prepared.run_id})
+        return granted
 
     # 3. Generate: a tracked task, so a client that hangs up does not cancel an accepted run.
     def start(
-        self, run_id: str, params: dict[str, Any], image: np.ndarray, webhook_endpoint: str | None
+        self, run_id: str, lease: Lease, params: dict[str, Any], image: np.ndarray, webhook_endpoint: str | None
     ) -> asyncio.Task[dict[str, Any]]:
-        task = asyncio.create_task(self.executor.execute(run_id, params, image, webhook_endpoint), name=f"run-{run_id}")
+        held = self._leases[run_id] = HeldLease(lease)
+        task = asyncio.create_task(
+            self.executor.execute(run_id, held, params, image, webhook_endpoint), name=f"run-{run_id}"
+        )
         self._tasks[run_id] = task
         self.metrics.in_flight.inc()
 
         def done(_: asyncio.Task[dict[str, Any]]) -> None:
             self._tasks.pop(run_id, None)
+            self._leases.pop(run_id, None)
             self.metrics.in_flight.dec()
 
         task.add_done_callback(done)
@@ -131,16 +146,29 @@ class RunService:
     def is_running(self, run_id: str) -> bool:
         return run_id in self._tasks
 
+    def adopt(self, run_id: str, lease: Lease) -> None:
+        """This replica re-claimed a run it is still running (its own lease had lapsed): write under the new one."""
+        self._leases[run_id].current = lease
+
     # 4. Look it up, for the key that created it only.
     async def view(self, run_id: str, key_hash: str) -> dict[str, Any] | None:
         run = await self.store.get_run(run_id, key_hash)
         if run is None:
             return None
-        return run_view(run, await self.store.delivery_for_run(run_id))
+        view = run_view(run, await self.store.delivery_for_run(run_id))
+        if run.result_expired_at is not None:
+            raise ResultExpired(
+                f"the result of run {run_id} was deleted {self.settings.result_ttl_s:g} s after it finished"
+                " (SD_RESULT_TTL_S); send the request again with the same seed for the same images",
+                run={**view, "result_expired_at": run.result_expired_at},
+            )
+        return view
 
     # 5. Shutdown.
     async def drain(self, timeout_s: float) -> None:
-        """Let in-flight runs finish; what does not is still 'queued'/'processing' in the store and resumes."""
+        """Let in-flight runs finish; what does not is still 'queued'/'processing' in the store and is
+        taken over by another replica (or by this one after a restart)."""
+        self.draining = True
         tasks = list(self._tasks.values())
         if tasks:
             log.info("waiting for %d in-flight runs", len(tasks))

@@ -1,7 +1,32 @@
 """The run store: records, the ``RunStore`` interface, its engines, and ``open_store(url)``."""
 
 from .base import RunStore
-from .open import open_store
-from .records import Delivery, DeliveryState, DeliveryStatus, Run, RunStatus
+from .open import open_store, redacted
+from .records import (
+    Delivery,
+    DeliveryState,
+    DeliveryStatus,
+    Expired,
+    Lease,
+    LeaseLost,
+    Run,
+    RunStatus,
+    Usage,
+    delivery_id,
+)
 
-__all__ = ["Delivery", "DeliveryState", "DeliveryStatus", "Run", "RunStatus", "RunStore", "open_store"]
+__all__ = [
+    "Delivery",
+    "DeliveryState",
+    "DeliveryStatus",
+    "Expired",
+    "Lease",
+    "LeaseLost",
+    "Run",
+    "RunStatus",
+    "RunStore",
+    "Usage",
+    "delivery_id",
+    "open_store",
+    "redacted",
+]

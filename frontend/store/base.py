@@ -1,23 +1,31 @@
 """The run store's interface: every method the rest of the frontend calls, one implementation per engine.
 
-Ownership: a replica works a run or a delivery under a lease (``owner``, ``lease_s``): ``claim_*`` hands
-out work no live lease holds, ``renew_leases`` keeps it, ``release_leases`` gives it back at shutdown.
-An engine that only one process can open (SQLite) has a single owner by construction: its claims hand
-out all eligible work and its leases need no bookkeeping.
+Ownership: a replica works a run or a delivery under a lease (``owner``, expiry, fencing ``token``).
+``claim_*`` hands out work no live lease holds and raises its token; ``renew_leases`` (the heartbeat)
+keeps what the owner holds; ``release_leases`` gives it back at shutdown. Every write about claimed work
+names its ``Lease`` and raises ``LeaseLost``, writing nothing, when another replica has taken it over.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
-from .records import Delivery, DeliveryState, DeliveryStatus, Run, RunStatus
+from .records import Delivery, DeliveryState, DeliveryStatus, Expired, Lease, Run, RunStatus, Usage
 
 
 class RunStore(Protocol):
     async def open(self) -> None:
-        """Connect and bring the schema up to date."""
+        """Connect and bring the schema up to date (safe when several replicas start at once)."""
 
     async def close(self) -> None: ...
+
+    async def ping(self) -> None:
+        """Raise if the database cannot answer now (``/readyz``)."""
+
+    def subscribe(self, wake: Callable[[], None]) -> None:
+        """Call ``wake`` when another replica may have made work for this one (a wake-up, never the only
+        way: callers poll as well)."""
 
     async def create_run(
         self,
@@ -26,19 +34,25 @@ class RunStore(Protocol):
         params: dict[str, Any],
         image_png: bytes | None,
         webhook_endpoint: str | None,
+        *,
+        owner: str,
+        lease_s: float,
         status: RunStatus = RunStatus.QUEUED,
+    ) -> Lease:
+        """Record an accepted run before it is answered, leased to the replica that accepted it."""
+
+    async def mark_processing(self, run_id: str, lease: Lease) -> None: ...
+
+    async def finish_run(
+        self, run_id: str, lease: Lease, status: RunStatus, body: dict[str, Any], webhook_url: str | None
     ) -> None:
-        """Record an accepted run before it is answered."""
-
-    async def mark_processing(self, run_id: str) -> None: ...
-
-    async def finish_run(self, run_id: str, status: RunStatus, body: dict[str, Any], delivery: Delivery | None) -> None:
-        """Store the outcome and, in the same transaction, the delivery that announces it (an outbox)."""
+        """Store the outcome, end the run's lease and, in the same transaction, write the delivery that
+        announces it to ``webhook_url`` (an outbox); then wake the replicas."""
 
     async def get_run(self, run_id: str, key_hash: str | None = None) -> Run | None:
         """The run; with ``key_hash``, only if that key created it (another key's run does not exist)."""
 
-    async def claim_unfinished_runs(self, owner: str, lease_s: float) -> list[Run]:
+    async def claim_unfinished_runs(self, owner: str, lease_s: float, limit: int = 16) -> list[Run]:
         """Queued and processing runs no live lease holds, oldest first, now leased to ``owner``."""
 
     async def claim_due_deliveries(self, owner: str, now: float, lease_s: float, limit: int = 32) -> list[Delivery]:
@@ -50,6 +64,7 @@ class RunStore(Protocol):
     async def record_attempt(
         self,
         delivery_id: str,
+        lease: Lease,
         *,
         status: DeliveryStatus,
         attempts: int,
@@ -61,8 +76,15 @@ class RunStore(Protocol):
 
     async def delivery_for_run(self, run_id: str) -> DeliveryState | None: ...
 
-    async def renew_leases(self, owner: str, lease_s: float) -> None:
-        """Heartbeat: extend every lease ``owner`` holds."""
+    async def renew_leases(self, owner: str, lease_s: float) -> int:
+        """Heartbeat: extend every lease ``owner`` still holds; how many."""
 
     async def release_leases(self, owner: str) -> None:
         """Give back every lease ``owner`` holds (graceful shutdown), so others may take the work now."""
+
+    async def expire(self, now: float, result_ttl_s: float, run_ttl_s: float) -> Expired:
+        """Retention, one small batch of each: delete the results of runs finished ``result_ttl_s`` ago
+        (kept while their delivery is pending) and the runs (with their deliveries) created ``run_ttl_s``
+        ago. Safe to run on every replica at once; call again while it returns full batches."""
+
+    async def usage(self) -> Usage: ...

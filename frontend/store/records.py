@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
+
+# How many rows one retention statement touches: small, so it never holds many locks for long.
+RETENTION_BATCH = 200
 
 
 class RunStatus(StrEnum):
@@ -29,6 +33,23 @@ class DeliveryStatus(StrEnum):
     FAILED = "failed"  # out of attempts, or refused by policy
 
 
+class LeaseLost(Exception):
+    """A write under a lease another replica has since taken over (fencing): the write did not happen."""
+
+    def __init__(self, what: str, lease: Lease) -> None:
+        super().__init__(f"{what}: the lease of {lease.owner!r} (token {lease.token}) was taken over")
+        self.lease = lease
+
+
+@dataclass(frozen=True)
+class Lease:
+    """The right to work a run or a delivery. Every claim raises ``token``, and every write under the
+    lease names it, so a replica that stalled past its lease cannot overwrite the new holder's work."""
+
+    owner: str
+    token: int
+
+
 @dataclass(frozen=True)
 class Run:
     id: str
@@ -40,11 +61,15 @@ class Run:
     params: dict[str, Any]
     image_png: bytes | None  # kept until the run finishes, for resuming (webhook runs only)
     webhook_endpoint: str | None
-    body: dict[str, Any] | None  # the answer (succeeded) or the error body (failed)
+    body: dict[str, Any] | None  # the answer (succeeded) or the error body (failed); None once expired
+    result_expired_at: float | None = None  # when retention deleted the result (SD_RESULT_TTL_S)
+    lease: Lease | None = None  # set on runs handed out by a claim
 
 
 @dataclass(frozen=True)
 class Delivery:
+    """A claimed delivery: its payload is built from the run's stored answer (the one copy of a result)."""
+
     id: str  # the webhook-id, stable across retries
     run_id: str
     url: str
@@ -52,6 +77,34 @@ class Delivery:
     status: DeliveryStatus
     attempts: int
     next_attempt_at: float
+    lease: Lease
+
+
+def delivery_id(run_id: str) -> str:
+    """The ``webhook-id``: one per run, stable across retries and replicas (receivers deduplicate on it)."""
+    return f"msg_{run_id}"
+
+
+def webhook_payload(status: str, body_json: str) -> str:
+    """The same bytes on every attempt from any replica: the body's key order survives the round trip."""
+    return json.dumps({"status": status, **json.loads(body_json)}, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What the store holds now (retention keeps it bounded); ``disk_bytes`` as the engine reports it."""
+
+    runs: int
+    results: int
+    pending_deliveries: int
+    result_bytes: int
+    disk_bytes: int
+
+
+@dataclass(frozen=True)
+class Expired:
+    results: int
+    runs: int
 
 
 @dataclass(frozen=True)

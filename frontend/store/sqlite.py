@@ -2,48 +2,85 @@
 
 A run is written before we answer, and its webhook delivery is written in the same transaction as its
 result (an outbox), so a restart loses neither: unfinished runs are resumed, pending deliveries re-sent.
-One process owns the file, so leases need no bookkeeping here: claims hand out all eligible work.
+Leases and fencing work as in PostgreSQL (one writer at a time makes each claim atomic), so the same
+contract holds; but one file on one volume means one replica: several replicas need PostgreSQL.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sqlite3
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
-from .records import Delivery, DeliveryState, DeliveryStatus, Run, RunStatus
+from .records import (
+    RETENTION_BATCH,
+    Delivery,
+    DeliveryState,
+    DeliveryStatus,
+    Expired,
+    Lease,
+    LeaseLost,
+    Run,
+    RunStatus,
+    Usage,
+    delivery_id,
+    webhook_payload,
+)
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    id TEXT PRIMARY KEY,
-    key_hash TEXT NOT NULL,
-    status TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL,
-    params TEXT NOT NULL,
-    image_png BLOB,
-    webhook_endpoint TEXT,
-    body TEXT
-);
-CREATE INDEX IF NOT EXISTS runs_unfinished ON runs (status) WHERE status IN ('queued', 'processing');
-CREATE TABLE IF NOT EXISTS deliveries (
-    id TEXT PRIMARY KEY,
-    run_id TEXT NOT NULL,
-    url TEXT NOT NULL,
-    payload TEXT NOT NULL,
-    status TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at REAL NOT NULL,
-    last_status INTEGER,
-    last_error TEXT,
-    updated_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (next_attempt_at) WHERE status = 'pending';
-"""
+# Versioned: migration N runs once, when PRAGMA user_version < N. Version 1 is the first schema
+# (IF NOT EXISTS, so files made before versioning adopt it).
+MIGRATIONS = [
+    """
+    CREATE TABLE IF NOT EXISTS runs (
+        id TEXT PRIMARY KEY,
+        key_hash TEXT NOT NULL,
+        status TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        started_at REAL,
+        finished_at REAL,
+        params TEXT NOT NULL,
+        image_png BLOB,
+        webhook_endpoint TEXT,
+        body TEXT
+    );
+    CREATE INDEX IF NOT EXISTS runs_unfinished ON runs (status) WHERE status IN ('queued', 'processing');
+    CREATE TABLE IF NOT EXISTS deliveries (
+        id TEXT PRIMARY KEY,
+        run_id TEXT NOT NULL,
+        url TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        status TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        last_status INTEGER,
+        last_error TEXT,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (next_attempt_at) WHERE status = 'pending';
+    """,
+    # 2: leases with fencing tokens; retention; the webhook payload is built from the run's answer.
+    """
+    ALTER TABLE runs ADD COLUMN result_expired_at REAL;
+    ALTER TABLE runs ADD COLUMN lease_owner TEXT;
+    ALTER TABLE runs ADD COLUMN lease_token INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN lease_expires_at REAL;
+    ALTER TABLE deliveries DROP COLUMN payload;
+    ALTER TABLE deliveries ADD COLUMN lease_owner TEXT;
+    ALTER TABLE deliveries ADD COLUMN lease_token INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE deliveries ADD COLUMN lease_expires_at REAL;
+    CREATE INDEX runs_results ON runs (finished_at) WHERE status = 'succeeded' AND result_expired_at IS NULL;
+    CREATE INDEX runs_created ON runs (created_at);
+    CREATE INDEX deliveries_run ON deliveries (run_id);
+    """,
+]
+UNFINISHED_SQL = "status IN ('queued', 'processing')"
+NO_PENDING_DELIVERY_SQL = "NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.run_id = runs.id AND d.status = 'pending')"
 
 
 class SqliteRunStore:
@@ -53,12 +90,10 @@ class SqliteRunStore:
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = await aiosqlite.connect(self.path)
+        await migrate(self.path)
+        self._db = await aiosqlite.connect(self.path, timeout=30)
         self._db.row_factory = aiosqlite.Row
-        await self._db.execute("PRAGMA journal_mode=WAL")
         await self._db.execute("PRAGMA synchronous=NORMAL")
-        await self._db.executescript(SCHEMA)
-        await self._db.commit()
 
     async def close(self) -> None:
         if self._db is not None:
@@ -70,6 +105,12 @@ class SqliteRunStore:
         assert self._db is not None, "open() first"
         return self._db
 
+    async def ping(self) -> None:
+        await self._conn.execute("SELECT 1")
+
+    def subscribe(self, wake: Callable[[], None]) -> None:
+        return None  # one process: its own loops already know when they made work
+
     async def create_run(
         self,
         run_id: str,
@@ -77,36 +118,52 @@ class SqliteRunStore:
         params: dict[str, Any],
         image_png: bytes | None,
         webhook_endpoint: str | None,
+        *,
+        owner: str,
+        lease_s: float,
         status: RunStatus = RunStatus.QUEUED,
-    ) -> None:
+    ) -> Lease:
         now = time.time()
         await self._conn.execute(
-            "INSERT INTO runs (id, key_hash, status, created_at, started_at, params, image_png, webhook_endpoint)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO runs (id, key_hash, status, created_at, started_at, params, image_png, webhook_endpoint,"
+            " lease_owner, lease_token, lease_expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?)",
             (run_id, key_hash, str(status), now, now if status == RunStatus.PROCESSING else None, json.dumps(params),
-             image_png, webhook_endpoint),
+             image_png, webhook_endpoint, owner, now + lease_s),
+        )  # fmt: skip
+        await self._conn.commit()
+        return Lease(owner, 1)
+
+    async def mark_processing(self, run_id: str, lease: Lease) -> None:
+        await self._fenced(
+            "mark_processing", lease, "UPDATE runs SET status = 'processing', started_at = ? WHERE id = ?",
+            (time.time(), run_id),
         )  # fmt: skip
         await self._conn.commit()
 
-    async def mark_processing(self, run_id: str) -> None:
-        await self._conn.execute(
-            "UPDATE runs SET status = 'processing', started_at = ? WHERE id = ?", (time.time(), run_id)
-        )
-        await self._conn.commit()
-
-    async def finish_run(self, run_id: str, status: RunStatus, body: dict[str, Any], delivery: Delivery | None) -> None:
+    async def finish_run(
+        self, run_id: str, lease: Lease, status: RunStatus, body: dict[str, Any], webhook_url: str | None
+    ) -> None:
         now = time.time()
-        await self._conn.execute(
-            "UPDATE runs SET status = ?, finished_at = ?, body = ?, image_png = NULL WHERE id = ?",
+        await self._fenced(
+            "finish_run", lease,
+            "UPDATE runs SET status = ?, finished_at = ?, body = ?, image_png = NULL, lease_owner = NULL,"
+            " lease_expires_at = NULL WHERE id = ?",
             (str(status), now, json.dumps(body), run_id),
-        )
-        if delivery is not None:
+        )  # fmt: skip
+        if webhook_url is not None:
             await self._conn.execute(
-                "INSERT OR IGNORE INTO deliveries (id, run_id, url, payload, status, attempts, next_attempt_at,"
-                " updated_at) VALUES (?, ?, ?, ?, 'pending', 0, ?, ?)",
-                (delivery.id, delivery.run_id, delivery.url, delivery.payload, delivery.next_attempt_at, now),
+                "INSERT OR IGNORE INTO deliveries (id, run_id, url, status, attempts, next_attempt_at, updated_at)"
+                " VALUES (?, ?, ?, 'pending', 0, ?, ?)",
+                (delivery_id(run_id), run_id, webhook_url, now, now),
             )
         await self._conn.commit()
+
+    async def _fenced(self, what: str, lease: Lease, sql: str, params: tuple[Any, ...]) -> None:
+        """``sql`` ends in ``WHERE id = ?``; it runs only while ``lease`` is the current one."""
+        cursor = await self._conn.execute(f"{sql} AND lease_owner = ? AND lease_token = ?", (*params, *_lease(lease)))
+        if cursor.rowcount == 0:
+            await self._conn.rollback()
+            raise LeaseLost(what, lease)
 
     async def get_run(self, run_id: str, key_hash: str | None = None) -> Run | None:
         async with self._conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)) as cursor:
@@ -115,22 +172,36 @@ class SqliteRunStore:
             return None
         return _run(row)
 
-    async def claim_unfinished_runs(self, owner: str, lease_s: float) -> list[Run]:
-        async with self._conn.execute(
-            "SELECT * FROM runs WHERE status IN ('queued', 'processing') ORDER BY created_at"
-        ) as cursor:
-            return [_run(row) for row in await cursor.fetchall()]
+    async def claim_unfinished_runs(self, owner: str, lease_s: float, limit: int = 16) -> list[Run]:
+        now = time.time()
+        rows = await self._conn.execute_fetchall(
+            "UPDATE runs SET lease_owner = ?, lease_token = lease_token + 1, lease_expires_at = ?"
+            f" WHERE id IN (SELECT id FROM runs WHERE {UNFINISHED_SQL}"
+            " AND (lease_owner IS NULL OR lease_expires_at < ?) ORDER BY created_at LIMIT ?) RETURNING *",
+            (owner, now + lease_s, now, limit),
+        )
+        await self._conn.commit()
+        return sorted((_run(row, leased=True) for row in rows), key=lambda run: run.created_at)
 
     async def claim_due_deliveries(self, owner: str, now: float, lease_s: float, limit: int = 32) -> list[Delivery]:
-        async with self._conn.execute(
-            "SELECT id, run_id, url, payload, status, attempts, next_attempt_at FROM deliveries"
-            " WHERE status = 'pending' AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?",
-            (now, limit),
-        ) as cursor:
-            return [
-                Delivery(id, run_id, url, payload, DeliveryStatus(status), attempts, next_attempt_at)
-                for id, run_id, url, payload, status, attempts, next_attempt_at in await cursor.fetchall()
-            ]
+        rows = await self._conn.execute_fetchall(
+            "UPDATE deliveries SET lease_owner = ?, lease_token = lease_token + 1, lease_expires_at = ?"
+            " WHERE id IN (SELECT id FROM deliveries WHERE status = 'pending' AND next_attempt_at <= ?"
+            " AND (lease_owner IS NULL OR lease_expires_at < ?) ORDER BY next_attempt_at LIMIT ?) RETURNING id",
+            (owner, time.time() + lease_s, now, time.time(), limit),
+        )
+        await self._conn.commit()
+        ids = [row[0] for row in rows]
+        if not ids:
+            return []
+        marks = ",".join("?" * len(ids))
+        joined = await self._conn.execute_fetchall(
+            "SELECT d.id, d.run_id, d.url, d.status, d.attempts, d.next_attempt_at, d.lease_owner, d.lease_token,"
+            f" r.status, r.body FROM deliveries d JOIN runs r ON r.id = d.run_id WHERE d.id IN ({marks})"
+            " ORDER BY d.next_attempt_at",
+            ids,
+        )
+        return [_delivery(row) for row in joined]
 
     async def next_delivery_at(self) -> float | None:
         async with self._conn.execute("SELECT MIN(next_attempt_at) FROM deliveries WHERE status = 'pending'") as cursor:
@@ -140,6 +211,7 @@ class SqliteRunStore:
     async def record_attempt(
         self,
         delivery_id: str,
+        lease: Lease,
         *,
         status: DeliveryStatus,
         attempts: int,
@@ -147,11 +219,15 @@ class SqliteRunStore:
         http_status: int | None,
         error: str | None,
     ) -> None:
-        await self._conn.execute(
+        cursor = await self._conn.execute(
             "UPDATE deliveries SET status = ?, attempts = ?, next_attempt_at = ?, last_status = ?, last_error = ?,"
-            " updated_at = ? WHERE id = ?",
-            (str(status), attempts, next_attempt_at, http_status, error, time.time(), delivery_id),
+            " updated_at = ?, lease_owner = NULL, lease_expires_at = NULL"
+            " WHERE id = ? AND lease_owner = ? AND lease_token = ?",
+            (str(status), attempts, next_attempt_at, http_status, error, time.time(), delivery_id, *_lease(lease)),
         )
+        if cursor.rowcount == 0:
+            await self._conn.rollback()
+            raise LeaseLost("record_attempt", lease)
         await self._conn.commit()
 
     async def delivery_for_run(self, run_id: str) -> DeliveryState | None:
@@ -161,14 +237,88 @@ class SqliteRunStore:
             row = await cursor.fetchone()
         return None if row is None else DeliveryState(DeliveryStatus(row[0]), row[1], row[2])
 
-    async def renew_leases(self, owner: str, lease_s: float) -> None:
-        return None  # a single owner: nothing to renew
+    async def renew_leases(self, owner: str, lease_s: float) -> int:
+        expires = time.time() + lease_s
+        runs = await self._conn.execute(
+            f"UPDATE runs SET lease_expires_at = ? WHERE lease_owner = ? AND {UNFINISHED_SQL}", (expires, owner)
+        )
+        deliveries = await self._conn.execute(
+            "UPDATE deliveries SET lease_expires_at = ? WHERE lease_owner = ? AND status = 'pending'", (expires, owner)
+        )
+        await self._conn.commit()
+        return runs.rowcount + deliveries.rowcount
 
     async def release_leases(self, owner: str) -> None:
-        return None  # a single owner: nothing to hand over
+        for table in ("runs", "deliveries"):
+            await self._conn.execute(
+                f"UPDATE {table} SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner = ?",
+                (owner,),
+            )
+        await self._conn.commit()
+
+    async def expire(self, now: float, result_ttl_s: float, run_ttl_s: float) -> Expired:
+        results = await self._conn.execute(
+            "UPDATE runs SET body = NULL, result_expired_at = ? WHERE id IN (SELECT id FROM runs WHERE"
+            f" status = 'succeeded' AND result_expired_at IS NULL AND finished_at < ? AND {NO_PENDING_DELIVERY_SQL}"
+            " ORDER BY finished_at LIMIT ?)",
+            (now, now - result_ttl_s, RETENTION_BATCH),
+        )
+        old = [
+            row[0]
+            for row in await self._conn.execute_fetchall(
+                f"SELECT id FROM runs WHERE created_at < ? AND status IN ('succeeded', 'failed')"
+                f" AND {NO_PENDING_DELIVERY_SQL} ORDER BY created_at LIMIT ?",
+                (now - run_ttl_s, RETENTION_BATCH),
+            )
+        ]
+        marks = ",".join("?" * len(old))
+        await self._conn.execute(f"DELETE FROM deliveries WHERE run_id IN ({marks})", old)
+        await self._conn.execute(f"DELETE FROM runs WHERE id IN ({marks})", old)
+        await self._conn.commit()
+        return Expired(results=results.rowcount, runs=len(old))
+
+    async def usage(self) -> Usage:
+        async with self._conn.execute(
+            "SELECT COUNT(*), COUNT(body), COALESCE(SUM(LENGTH(body)), 0),"
+            " (SELECT COUNT(*) FROM deliveries WHERE status = 'pending'),"
+            " (SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()) FROM runs"
+        ) as cursor:
+            row = await cursor.fetchone()
+        assert row is not None
+        return Usage(runs=row[0], results=row[1], result_bytes=row[2], pending_deliveries=row[3], disk_bytes=row[4])
 
 
-def _run(row: aiosqlite.Row) -> Run:
+async def migrate(path: Path) -> None:
+    """WAL mode, then the missing migrations under one write lock (several openers at once take turns)."""
+    async with aiosqlite.connect(path, timeout=30, isolation_level=None) as db:
+        for _ in range(300):  # switching to WAL does not wait for a busy file: retry for up to 30 s
+            try:
+                await db.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc):
+                    raise
+                await asyncio.sleep(0.1)
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            async with db.execute("PRAGMA user_version") as cursor:
+                row = await cursor.fetchone()
+            version = int(row[0]) if row else 0
+            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                for statement in filter(str.strip, script.split(";")):
+                    await db.execute(statement)
+                await db.execute(f"PRAGMA user_version = {number}")
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+
+
+def _lease(lease: Lease) -> tuple[str, int]:
+    return lease.owner, lease.token
+
+
+def _run(row: aiosqlite.Row, leased: bool = False) -> Run:
     return Run(
         id=row["id"],
         key_hash=row["key_hash"],
@@ -180,4 +330,14 @@ def _run(row: aiosqlite.Row) -> Run:
         image_png=row["image_png"],
         webhook_endpoint=row["webhook_endpoint"],
         body=None if row["body"] is None else json.loads(row["body"]),
+        result_expired_at=row["result_expired_at"],
+        lease=Lease(row["lease_owner"], row["lease_token"]) if leased else None,
     )
+
+
+def _delivery(row: Iterable[Any]) -> Delivery:
+    id, run_id, url, status, attempts, next_attempt_at, owner, token, run_status, body = row
+    return Delivery(
+        id, run_id, url, webhook_payload(run_status, body), DeliveryStatus(status), attempts, next_attempt_at,
+        Lease(owner, token),
+    )  # fmt: skip

@@ -1,162 +1,309 @@
-"""The run store contract: every ``RunStore`` method, run against each engine (today: SQLite).
+"""The run store contract: every ``RunStore`` method, run against each engine on a real database
+(SQLite in a file, PostgreSQL on a real server started for the session).
 
-A second engine adds one id to ``ENGINES`` and one branch to ``open_engine``; every test then runs on it.
+A new engine adds one id to ``ENGINES`` and one branch to ``store_url``; every test then runs on it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from frontend.store import Delivery, DeliveryStatus, Run, RunStatus, RunStore, open_store
+from frontend.store import DeliveryStatus, Lease, LeaseLost, Run, RunStatus, RunStore, open_store, redacted
+from frontend.store.records import RETENTION_BATCH
 
-ENGINES = ["sqlite"]
+ENGINES = ["sqlite", "postgresql"]
 KEY, OTHER_KEY = "a" * 64, "b" * 64
 PARAMS: dict[str, Any] = {"prompt": "a cat", "seed": 7, "nested": {"list": [1, 2.5, "x"]}}
-
-
-def open_engine(engine: str, tmp_path: Path) -> RunStore:
-    if engine == "sqlite":
-        return open_store(f"sqlite:///{tmp_path / 'runs.sqlite3'}")
-    raise AssertionError(engine)
+HOOK = "https://example.com/hook"
+A, B = "replica-a", "replica-b"
+LONG = 30.0  # a lease that outlives the test
 
 
 @pytest.fixture(params=ENGINES)
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[RunStore]:
-    engine = open_engine(request.param, tmp_path)
-    await engine.open()
-    yield engine
-    await engine.close()
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'runs.sqlite3'}"
+    return str(request.getfixturevalue("postgres_url"))
 
 
-def delivery(run_id: str, due_at: float, payload: str = '{"status":"succeeded"}') -> Delivery:
-    return Delivery(f"msg_{run_id}", run_id, "https://example.com/hook", payload, DeliveryStatus.PENDING, 0, due_at)
+@pytest.fixture
+async def open_more(store_url: str) -> AsyncIterator[Callable[[], Any]]:
+    """More stores on the same database: other replicas."""
+    opened: list[RunStore] = []
+
+    async def another() -> RunStore:
+        engine = open_store(store_url)
+        await engine.open()
+        opened.append(engine)
+        return engine
+
+    yield another
+    for engine in opened:
+        await engine.close()
 
 
-async def finished_with_delivery(store: RunStore, run_id: str, due_at: float) -> None:
-    await store.create_run(run_id, KEY, PARAMS, b"png", "https://example.com/hook")
-    await store.finish_run(run_id, RunStatus.SUCCEEDED, {"result": ["x"]}, delivery(run_id, due_at))
+@pytest.fixture
+async def store(open_more: Callable[[], Any]) -> RunStore:
+    engine: RunStore = await open_more()
+    return engine
+
+
+async def webhook_run(store: RunStore, run_id: str, owner: str = A, lease_s: float = LONG) -> Lease:
+    return await store.create_run(run_id, KEY, PARAMS, b"png", HOOK, owner=owner, lease_s=lease_s)
+
+
+async def finished_with_delivery(store: RunStore, run_id: str, body: dict[str, Any] | None = None) -> None:
+    lease = await webhook_run(store, run_id)
+    await store.finish_run(run_id, lease, RunStatus.SUCCEEDED, body or {"result": ["x"]}, HOOK)
 
 
 async def test_create_then_get_round_trips_every_field(store: RunStore) -> None:
     before = time.time()
-    await store.create_run("r1", KEY, PARAMS, b"\x89PNG...", "https://example.com/hook")
+    lease = await store.create_run("r1", KEY, PARAMS, b"\x89PNG...", HOOK, owner=A, lease_s=LONG)
+    assert lease == Lease(A, 1)
     run = await store.get_run("r1")
     assert run is not None
     assert (run.id, run.key_hash, run.status, run.params, run.image_png) == ("r1", KEY, "queued", PARAMS, b"\x89PNG...")
-    assert run.webhook_endpoint == "https://example.com/hook" and run.body is None
+    assert run.webhook_endpoint == HOOK and run.body is None and run.result_expired_at is None
     assert before <= run.created_at <= time.time() and run.started_at is None and run.finished_at is None
     assert isinstance(run.status, RunStatus) and not run.status.is_terminal
 
 
 async def test_a_run_created_processing_has_started(store: RunStore) -> None:
-    await store.create_run("sync", KEY, PARAMS, None, None, RunStatus.PROCESSING)
+    await store.create_run("sync", KEY, PARAMS, None, None, owner=A, lease_s=LONG, status=RunStatus.PROCESSING)
     run = await store.get_run("sync")
     assert run is not None and run.status == RunStatus.PROCESSING and run.started_at is not None
     assert run.image_png is None and run.webhook_endpoint is None
 
 
-async def test_mark_processing_sets_status_and_start_time(store: RunStore) -> None:
-    await store.create_run("r1", KEY, PARAMS, b"png", "https://example.com/hook")
-    await store.mark_processing("r1")
+async def test_mark_processing_needs_the_current_lease(store: RunStore) -> None:
+    lease = await webhook_run(store, "r1")
+    with pytest.raises(LeaseLost, match="mark_processing"):
+        await store.mark_processing("r1", Lease(B, 1))
+    with pytest.raises(LeaseLost):
+        await store.mark_processing("r1", Lease(A, 2))
+    run = await store.get_run("r1")
+    assert run is not None and run.status == RunStatus.QUEUED and run.started_at is None
+    await store.mark_processing("r1", lease)
     run = await store.get_run("r1")
     assert run is not None and run.status == RunStatus.PROCESSING and run.started_at is not None
 
 
 async def test_get_run_is_scoped_to_the_key_that_created_it(store: RunStore) -> None:
-    await store.create_run("r1", KEY, PARAMS, None, None)
+    await store.create_run("r1", KEY, PARAMS, None, None, owner=A, lease_s=LONG)
     assert (await store.get_run("r1", KEY)) is not None
     assert await store.get_run("r1", OTHER_KEY) is None
     assert await store.get_run("no-such-run") is None and await store.get_run("no-such-run", KEY) is None
 
 
 async def test_finish_stores_the_outcome_drops_the_input_and_writes_the_outbox_row(store: RunStore) -> None:
-    await finished_with_delivery(store, "r1", due_at=time.time())
+    body = {"run_id": "r1", "message": "ok", "result": ["x"], "seeds": [3], "b": 1, "a": 2}
+    await finished_with_delivery(store, "r1", body)
     run = await store.get_run("r1")
     assert run is not None and run.status == RunStatus.SUCCEEDED and run.status.is_terminal
-    assert run.body == {"result": ["x"]} and run.finished_at is not None
+    assert run.body == body and list(run.body) == list(body) and run.finished_at is not None
     assert run.image_png is None  # the input is kept only while the run may need resuming
     state = await store.delivery_for_run("r1")
     assert state is not None and (state.status, state.attempts, state.last_status) == ("pending", 0, None)
+    # One copy of the result: the payload is built from the run's answer, the same bytes every time.
+    (delivery,) = await store.claim_due_deliveries(A, time.time(), lease_s=0.01)
+    assert delivery.payload == json.dumps({"status": "succeeded", **body}, separators=(",", ":"))
+    assert (delivery.id, delivery.run_id, delivery.url, delivery.attempts) == ("msg_r1", "r1", HOOK, 0)
+    await asyncio.sleep(0.05)
+    (again,) = await store.claim_due_deliveries(B, time.time(), lease_s=LONG)
+    assert again.payload == delivery.payload
 
 
 async def test_finish_without_a_webhook_writes_no_delivery(store: RunStore) -> None:
-    await store.create_run("r1", KEY, PARAMS, None, None, RunStatus.PROCESSING)
-    await store.finish_run("r1", RunStatus.FAILED, {"error": {"code": "x"}}, None)
+    lease = await store.create_run("r1", KEY, PARAMS, None, None, owner=A, lease_s=LONG, status=RunStatus.PROCESSING)
+    await store.finish_run("r1", lease, RunStatus.FAILED, {"error": {"code": "x"}}, None)
     run = await store.get_run("r1")
     assert run is not None and run.status == RunStatus.FAILED and run.body == {"error": {"code": "x"}}
     assert await store.delivery_for_run("r1") is None
     assert await store.next_delivery_at() is None
 
 
-async def test_claim_unfinished_runs_hands_out_queued_and_processing_oldest_first(store: RunStore) -> None:
-    await store.create_run("first", KEY, PARAMS, b"png", "https://example.com/hook")
-    await store.create_run("second", KEY, PARAMS, None, None, RunStatus.PROCESSING)
-    await finished_with_delivery(store, "done", due_at=time.time())
-    claimed = await store.claim_unfinished_runs("replica-1", lease_s=30)
+async def test_claims_skip_live_leases_and_take_expired_ones_oldest_first(store: RunStore) -> None:
+    await webhook_run(store, "first", lease_s=0.3)
+    await store.create_run("second", KEY, PARAMS, None, None, owner=A, lease_s=0.3, status=RunStatus.PROCESSING)
+    await webhook_run(store, "held", lease_s=LONG)
+    await finished_with_delivery(store, "done")
+    assert await store.claim_unfinished_runs(B, lease_s=LONG) == []  # A's leases are live
+    await asyncio.sleep(0.4)
+    claimed = await store.claim_unfinished_runs(B, lease_s=LONG)
     assert [r.id for r in claimed] == ["first", "second"]
-    assert all(isinstance(r, Run) and not r.status.is_terminal for r in claimed)
+    assert all(isinstance(r, Run) and r.lease == Lease(B, 2) for r in claimed)
     assert claimed[0].image_png == b"png"
+    assert await store.claim_unfinished_runs(A, lease_s=LONG) == []  # now B's
 
 
-async def test_claim_due_deliveries_hands_out_due_pending_ones_soonest_first(store: RunStore) -> None:
+async def test_a_stale_replicas_writes_after_takeover_are_refused(store: RunStore) -> None:
+    stale = await webhook_run(store, "r1", lease_s=0.2)
+    await asyncio.sleep(0.3)
+    (taken,) = await store.claim_unfinished_runs(B, lease_s=LONG)
+    assert taken.lease is not None and taken.lease.token > stale.token
+    with pytest.raises(LeaseLost, match="finish_run"):
+        await store.finish_run("r1", stale, RunStatus.SUCCEEDED, {"result": ["stale"]}, HOOK)
+    run = await store.get_run("r1")
+    assert run is not None and run.status == RunStatus.QUEUED and run.body is None
+    assert await store.delivery_for_run("r1") is None  # the refused write wrote no outbox row either
+    await store.finish_run("r1", taken.lease, RunStatus.SUCCEEDED, {"result": ["new"]}, HOOK)
+    run = await store.get_run("r1")
+    assert run is not None and run.body == {"result": ["new"]}
+
+
+async def test_a_heartbeat_keeps_a_lease_past_its_first_expiry(store: RunStore) -> None:
+    lease = await webhook_run(store, "r1", lease_s=0.4)
+    for _ in range(3):
+        await asyncio.sleep(0.2)
+        assert await store.renew_leases(A, lease_s=0.4) == 1
+    assert await store.claim_unfinished_runs(B, lease_s=LONG) == []
+    await store.mark_processing("r1", lease)
+    await asyncio.sleep(0.5)  # no heartbeat: it lapses
+    assert [r.id for r in await store.claim_unfinished_runs(B, lease_s=LONG)] == ["r1"]
+    assert await store.renew_leases(A, lease_s=LONG) == 0  # nothing of A's left to renew
+
+
+async def test_released_work_is_claimable_at_once(store: RunStore) -> None:
+    await webhook_run(store, "r1")
+    await finished_with_delivery(store, "r2")
+    assert [d.id for d in await store.claim_due_deliveries(A, time.time(), lease_s=LONG)] == ["msg_r2"]
+    assert await store.claim_due_deliveries(B, time.time(), lease_s=LONG) == []
+    await store.release_leases(A)
+    assert [r.id for r in await store.claim_unfinished_runs(B, lease_s=LONG)] == ["r1"]
+    assert [d.id for d in await store.claim_due_deliveries(B, time.time(), lease_s=LONG)] == ["msg_r2"]
+
+
+async def test_postgres_wakes_the_other_replicas_on_new_and_released_work(postgres_url: str) -> None:
+    """(PostgreSQL only: one process per SQLite file leaves nobody else to wake.)"""
+    store, peer = open_store(postgres_url), open_store(postgres_url)
+    await store.open()
+    await peer.open()
+    try:
+        woken = asyncio.Event()
+        peer.subscribe(woken.set)
+        await asyncio.wait_for(woken.wait(), timeout=5)  # once, when its listener connects
+        for make_work in (lambda: finished_with_delivery(store, "r1"), lambda: store.release_leases(A)):
+            woken.clear()
+            await webhook_run(store, f"queued-{id(make_work)}")
+            await asyncio.sleep(0.2)
+            assert not woken.is_set()  # creating a run wakes nobody: its replica works it
+            await make_work()
+            await asyncio.wait_for(woken.wait(), timeout=5)
+    finally:
+        await peer.close()
+        await store.close()
+
+
+async def test_due_deliveries_come_soonest_first_and_one_claimer_gets_each(
+    store: RunStore, open_more: Callable[[], Any]
+) -> None:
+    for run_id in ("a", "b", "c"):
+        await finished_with_delivery(store, run_id)
     now = time.time()
-    await finished_with_delivery(store, "later", due_at=now - 1)
-    await finished_with_delivery(store, "sooner", due_at=now - 5)
-    await finished_with_delivery(store, "future", due_at=now + 60)
-    due = await store.claim_due_deliveries("replica-1", now, lease_s=30)
-    assert [d.id for d in due] == ["msg_sooner", "msg_later"]
-    assert due[0] == delivery("sooner", due_at=due[0].next_attempt_at)
-    assert abs(due[0].next_attempt_at - (now - 5)) < 1e-3
-    assert [d.id for d in await store.claim_due_deliveries("replica-1", now, lease_s=30, limit=1)] == ["msg_sooner"]
-
-
-async def test_next_delivery_at_is_the_soonest_pending(store: RunStore) -> None:
-    now = time.time()
-    assert await store.next_delivery_at() is None
-    await finished_with_delivery(store, "a", due_at=now + 30)
-    await finished_with_delivery(store, "b", due_at=now + 10)
+    claimed = {d.id: d for d in await store.claim_due_deliveries(A, now + 3600, LONG)}
+    # a: due in the future; b before c.
+    for run_id, due in (("a", now + 60), ("b", now - 5), ("c", now - 1)):
+        lease = claimed[f"msg_{run_id}"].lease
+        await store.record_attempt(
+            f"msg_{run_id}", lease, status=DeliveryStatus.PENDING, attempts=1, next_attempt_at=due, http_status=503,
+            error="HTTP 503",
+        )  # fmt: skip
+        with pytest.raises(LeaseLost):  # the lease ended with the attempt
+            await store.record_attempt(
+                f"msg_{run_id}", lease, status=DeliveryStatus.DELIVERED, attempts=2, next_attempt_at=due,
+                http_status=200, error=None,
+            )  # fmt: skip
     next_at = await store.next_delivery_at()
-    assert next_at is not None and abs(next_at - (now + 10)) < 1e-3
+    assert next_at is not None and abs(next_at - (now - 5)) < 1e-3
+    assert [d.id for d in await store.claim_due_deliveries(A, now, LONG, limit=1)] == ["msg_b"]
+    # Two replicas race for the rest at the same instant: each due delivery goes to exactly one.
+    peers: list[RunStore] = [await open_more() for _ in range(3)]
+    results = await asyncio.gather(*(peer.claim_due_deliveries(f"peer-{i}", now, LONG) for i, peer in enumerate(peers)))
+    assert sorted(d.id for batch in results for d in batch) == ["msg_c"]
 
 
-async def test_record_attempt_reschedules_and_a_final_one_ends_the_delivery(store: RunStore) -> None:
-    now = time.time()
-    await finished_with_delivery(store, "r1", due_at=now)
-    common = {"http_status": 503, "error": "HTTP 503"}
-    await store.record_attempt("msg_r1", status=DeliveryStatus.PENDING, attempts=1, next_attempt_at=now + 60, **common)
-    assert await store.claim_due_deliveries("replica-1", now + 1, lease_s=30) == []
-    (again,) = await store.claim_due_deliveries("replica-1", now + 61, lease_s=30)
-    assert again.attempts == 1 and abs(again.next_attempt_at - (now + 60)) < 1e-3
-    state = await store.delivery_for_run("r1")
-    assert state is not None and (state.status, state.attempts, state.last_status) == ("pending", 1, 503)
+async def test_a_final_attempt_ends_the_delivery(store: RunStore) -> None:
+    await finished_with_delivery(store, "r1")
+    (delivery,) = await store.claim_due_deliveries(A, time.time(), LONG)
+    with pytest.raises(LeaseLost, match="record_attempt"):
+        await store.record_attempt(
+            delivery.id, Lease(B, delivery.lease.token), status=DeliveryStatus.DELIVERED, attempts=1,
+            next_attempt_at=time.time(), http_status=200, error=None,
+        )  # fmt: skip
     await store.record_attempt(
-        "msg_r1", status=DeliveryStatus.DELIVERED, attempts=2, next_attempt_at=now, http_status=200, error=None
-    )
-    assert await store.claim_due_deliveries("replica-1", now + 3600, lease_s=30) == []
+        delivery.id, delivery.lease, status=DeliveryStatus.DELIVERED, attempts=1, next_attempt_at=time.time(),
+        http_status=200, error=None,
+    )  # fmt: skip
+    assert await store.claim_due_deliveries(B, time.time() + 3600, LONG) == []
     assert await store.next_delivery_at() is None
     state = await store.delivery_for_run("r1")
-    assert state is not None and (state.status, state.attempts, state.last_status) == ("delivered", 2, 200)
+    assert state is not None and (state.status, state.attempts, state.last_status) == ("delivered", 1, 200)
 
 
-async def test_leases_renew_and_release_and_released_work_is_claimable(store: RunStore) -> None:
+async def test_retention_drops_results_then_runs_and_keeps_what_a_pending_delivery_needs(store: RunStore) -> None:
+    lease = await store.create_run("sync", KEY, PARAMS, None, None, owner=A, lease_s=LONG)
+    await store.finish_run("sync", lease, RunStatus.SUCCEEDED, {"result": ["x" * 1000]}, None)
+    await finished_with_delivery(store, "hooked")
+    await webhook_run(store, "unfinished")
+    before = await store.usage()
+    assert (before.runs, before.results, before.pending_deliveries) == (3, 2, 1) and before.result_bytes > 1000
     now = time.time()
-    await store.create_run("r1", KEY, PARAMS, b"png", "https://example.com/hook")
-    await finished_with_delivery(store, "r2", due_at=now)
-    assert [r.id for r in await store.claim_unfinished_runs("replica-1", lease_s=30)] == ["r1"]
-    assert [d.id for d in await store.claim_due_deliveries("replica-1", now, lease_s=30)] == ["msg_r2"]
-    await store.renew_leases("replica-1", lease_s=30)
-    await store.release_leases("replica-1")
-    assert [r.id for r in await store.claim_unfinished_runs("replica-2", lease_s=30)] == ["r1"]
-    assert [d.id for d in await store.claim_due_deliveries("replica-2", now, lease_s=30)] == ["msg_r2"]
+    assert (await store.expire(now, result_ttl_s=60, run_ttl_s=3600)).results == 0  # nothing old enough
+    expired = await store.expire(now + 61, result_ttl_s=60, run_ttl_s=3600)
+    assert (expired.results, expired.runs) == (1, 0)  # the hooked run's result waits for its delivery
+    sync = await store.get_run("sync", KEY)
+    assert sync is not None and sync.status == RunStatus.SUCCEEDED and sync.body is None
+    assert sync.result_expired_at == pytest.approx(now + 61)
+    (delivery,) = await store.claim_due_deliveries(A, time.time(), LONG)
+    await store.record_attempt(
+        delivery.id, delivery.lease, status=DeliveryStatus.DELIVERED, attempts=1, next_attempt_at=now,
+        http_status=200, error=None,
+    )  # fmt: skip
+    assert (await store.expire(now + 61, result_ttl_s=60, run_ttl_s=3600)).results == 1
+    gone = await store.expire(now + 3601, result_ttl_s=60, run_ttl_s=3600)
+    assert gone.runs == 2  # both finished runs; the unfinished one stays
+    assert await store.get_run("sync") is None and await store.delivery_for_run("hooked") is None
+    after = await store.usage()
+    assert (after.runs, after.results, after.pending_deliveries, after.result_bytes) == (1, 0, 0, 0)
 
 
-async def test_the_store_survives_a_reopen(store: RunStore, tmp_path: Path) -> None:
-    await store.create_run("r1", KEY, PARAMS, b"png", "https://example.com/hook")
+async def test_retention_on_every_replica_at_once_expires_each_row_once(
+    store: RunStore, open_more: Callable[[], Any]
+) -> None:
+    count = RETENTION_BATCH + 50  # more than one batch
+    for i in range(count):
+        lease = await store.create_run(f"r{i}", KEY, PARAMS, None, None, owner=A, lease_s=LONG)
+        await store.finish_run(f"r{i}", lease, RunStatus.SUCCEEDED, {"result": ["x"]}, None)
+    peers: list[RunStore] = [store, *[await open_more() for _ in range(2)]]
+    later = time.time() + 10
+    totals = [0, 0]
+    while True:
+        rounds = await asyncio.gather(*(peer.expire(later, result_ttl_s=1, run_ttl_s=5) for peer in peers))
+        if not any(r.results or r.runs for r in rounds):
+            break
+        totals[0] += sum(r.results for r in rounds)
+        totals[1] += sum(r.runs for r in rounds)
+    assert totals[1] == count and totals[0] <= count
+    assert (await store.usage()).runs == 0
+
+
+async def test_replicas_starting_at_once_migrate_once(open_more: Callable[[], Any]) -> None:
+    stores: list[RunStore] = list(await asyncio.gather(*(open_more() for _ in range(4))))
+    await stores[0].create_run("r1", KEY, PARAMS, None, None, owner=A, lease_s=LONG)
+    assert all([await s.get_run("r1") is not None for s in stores])
+    await stores[1].ping()
+
+
+async def test_the_store_survives_a_reopen(store: RunStore) -> None:
+    await webhook_run(store, "r1")
     await store.close()
     with pytest.raises(Exception):  # noqa: B017 - each engine raises its own "closed" error
         await store.get_run("r1")
@@ -165,6 +312,8 @@ async def test_the_store_survives_a_reopen(store: RunStore, tmp_path: Path) -> N
     assert run is not None and run.params == PARAMS
 
 
-def test_an_unknown_engine_is_refused_by_name() -> None:
-    with pytest.raises(ValueError, match="unsupported database 'mysql'"):
-        open_store("mysql://db/runs")
+def test_an_unknown_engine_is_refused_by_name_without_its_password() -> None:
+    with pytest.raises(ValueError, match="unsupported database 'mysql'") as refused:
+        open_store("mysql://user:hunter2@db/runs")
+    assert "hunter2" not in str(refused.value)
+    assert redacted("postgresql://sd:secret@db:5432/runs") == "postgresql://sd:***@db:5432/runs"

@@ -40,9 +40,31 @@ class ScriptedBackend:
             self.health.in_flight -= 1
 
 
-def readiness(backend: ScriptedBackend, **settings: Any) -> Readiness:
+@dataclass
+class ScriptedStore:
+    """Only what readiness asks of the run store: does it answer?"""
+
+    down: Exception | None = None
+
+    async def ping(self) -> None:
+        if self.down is not None:
+            raise self.down
+
+
+def readiness(backend: ScriptedBackend, store: ScriptedStore | None = None, **settings: Any) -> Readiness:
     values = {"readyz_cache_s": 0, "canary_timeout_s": 0.05, "readyz_stall_s": 60} | settings
-    return Readiness(backend, Settings(**values))  # type: ignore[arg-type]
+    return Readiness(backend, Settings(**values), store or ScriptedStore())  # type: ignore[arg-type]
+
+
+async def test_a_replica_whose_run_store_does_not_answer_is_unready_whatever_triton_says() -> None:
+    backend = ScriptedBackend()
+    backend.release.set()
+    store = ScriptedStore(down=ConnectionRefusedError("connection refused"))
+    probe = readiness(backend, store)
+    assert await probe.verdict() == "the run store does not answer: ConnectionRefusedError: connection refused"
+    assert backend.canaries == 0  # no work sent to a model this replica could not record
+    store.down = None
+    assert await probe.verdict() is None
 
 
 async def test_an_idle_model_is_ready_once_its_canary_answers() -> None:

@@ -1,0 +1,162 @@
+"""A local PostgreSQL server for tests, benchmarks and ``make serve-replicas``: Debian's ``postgresql``
+binaries, a cluster in a folder of ours, listening on 127.0.0.1 only, with a generated password.
+
+PostgreSQL refuses to run as root, so as root (CI) the cluster belongs to the ``postgres`` user and
+its commands run through ``runuser``; that user must be able to reach the folder, so a folder inside a
+directory only root may enter (a home, a ``mktemp -d``) is kept in ``postgres``'s home and linked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from embedded.triton_server import free_port
+
+USER = "sd"
+DATABASE = "sd_img2img"
+
+
+class PostgresError(RuntimeError):
+    pass
+
+
+def bin_dir() -> Path:
+    """The newest Debian cluster binaries (``/usr/lib/postgresql/N/bin``), else those on PATH."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parent.parent.name))
+    if found:
+        return found[-1].parent
+    on_path = shutil.which("initdb")
+    if on_path:
+        return Path(on_path).resolve().parent
+    raise PostgresError("PostgreSQL is not installed: `make postgres` installs Debian's postgresql")
+
+
+@dataclass
+class EmbeddedPostgres:
+    data_dir: Path  # the cluster (created on first start, kept across starts)
+    port: int = field(default_factory=free_port)
+    log_path: Path | None = None
+    _as_postgres: bool = field(default=False, init=False)
+
+    @property
+    def password(self) -> str:
+        return (self.cluster / "sd_password").read_text().strip()
+
+    @property
+    def url(self) -> str:
+        return self.database_url(DATABASE)
+
+    def database_url(self, name: str) -> str:
+        return f"postgresql://{USER}:{self.password}@127.0.0.1:{self.port}/{name}"
+
+    @property
+    def cluster(self) -> Path:
+        return self.data_dir.resolve()
+
+    def start(self, timeout_s: float = 60) -> EmbeddedPostgres:
+        self._as_postgres = os.geteuid() == 0
+        self._place()
+        if not (self.cluster / "PG_VERSION").exists():
+            self._init()
+        log = self.log_path or self.cluster / "server.log"
+        self._run(
+            "pg_ctl", "start", "--wait", f"--timeout={int(timeout_s)}", "-D", str(self.cluster), "-l", str(log),
+            "-o", f"-p {self.port} -k {self.cluster} -c listen_addresses=127.0.0.1 -c max_connections=200",
+        )  # fmt: skip
+        self.create_database(DATABASE)
+        return self
+
+    def stop(self) -> None:
+        if (self.cluster / "postmaster.pid").exists():
+            self._run("pg_ctl", "stop", "--wait", "-m", "fast", "-D", str(self.cluster), check=False)
+
+    def destroy(self) -> None:
+        self.stop()
+        shutil.rmtree(self.cluster, ignore_errors=True)
+        if self.data_dir.is_symlink():
+            self.data_dir.unlink()
+
+    def _place(self) -> None:
+        """As root, the cluster must be somewhere ``postgres`` can reach: else keep it in its home."""
+        if not self._as_postgres or self.data_dir.is_symlink():
+            return
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        probe = ["runuser", "-u", "postgres", "--", "/usr/bin/test", "-x", str(self.data_dir.resolve())]
+        reachable = subprocess.run(probe)  # noqa: S607 - runuser from PATH, as the platform notes run it
+        if reachable.returncode != 0:
+            digest = hashlib.sha256(str(self.data_dir.resolve()).encode()).hexdigest()[:12]
+            home = Path("/var/lib/postgresql") / f"sd-img2img-{digest}"
+            home.mkdir(parents=True, exist_ok=True)
+            self.data_dir.rmdir()
+            self.data_dir.symlink_to(home, target_is_directory=True)
+        shutil.chown(self.cluster, "postgres", "postgres")
+        self.cluster.chmod(0o700)
+
+    def _init(self) -> None:
+        self.cluster.mkdir(parents=True, exist_ok=True)
+        if self._as_postgres:
+            shutil.chown(self.cluster, "postgres", "postgres")
+        password_file = self.cluster.parent / f".{self.cluster.name}.pw"
+        password_file.write_text(secrets.token_urlsafe(24) + "\n")
+        try:
+            if self._as_postgres:
+                shutil.chown(password_file, "postgres", "postgres")
+            self._run(
+                "initdb", "-D", str(self.cluster), f"--username={USER}", f"--pwfile={password_file}",
+                "--auth-local=peer", "--auth-host=scram-sha-256", "--encoding=UTF8", "--no-instructions",
+            )  # fmt: skip
+            (self.cluster / "sd_password").write_text(password_file.read_text())
+            (self.cluster / "sd_password").chmod(0o600)
+        finally:
+            password_file.unlink()
+
+    def create_database(self, name: str) -> str:
+        """Create ``name`` unless it exists; its URL."""
+        env = {**os.environ, "PGPASSWORD": self.password}
+        server = ["-h", "127.0.0.1", "-p", str(self.port), "-U", USER]
+        exists = subprocess.run(
+            [str(bin_dir() / "psql"), *server, "-d", "postgres", "-tAc",
+             f"SELECT 1 FROM pg_database WHERE datname = '{name}'"],  # noqa: S608 - our own test database names
+            env=env, capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        if exists.stdout.strip() != "1":
+            subprocess.run([str(bin_dir() / "createdb"), *server, name], env=env, check=True, capture_output=True)
+        return self.database_url(name)
+
+    def _run(self, tool: str, *args: str, check: bool = True) -> None:
+        command = [str(bin_dir() / tool), *args]
+        if self._as_postgres:
+            command = ["runuser", "-u", "postgres", "--", *command]  # noqa: S607
+        done = subprocess.run(command, capture_output=True, text=True, cwd="/")
+        if check and done.returncode != 0:
+            raise PostgresError(f"{tool} failed ({done.returncode}): {done.stderr or done.stdout}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="A local PostgreSQL on 127.0.0.1 (Ctrl-C stops it).")
+    parser.add_argument("--data-dir", default=".pgdata")
+    parser.add_argument("--port", type=int, default=55432)
+    args = parser.parse_args(argv)
+    server = EmbeddedPostgres(Path(args.data_dir), args.port).start()
+    print(f"PostgreSQL ready: SD_DATABASE_URL={server.url}", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
