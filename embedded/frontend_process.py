@@ -51,12 +51,20 @@ class Frontend:
         return env
 
     def start(self, timeout_s: float = 60) -> Frontend:
+        return self.launch().wait_ready(timeout_s)
+
+    def launch(self) -> Frontend:
+        """Start the process without waiting (several replicas start side by side)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.data_dir / f"frontend-{self.port}.log"
         with self.log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "frontend"], cwd=REPO_ROOT, env=self.environment(), stdout=log, stderr=log
             )
+        return self
+
+    def wait_ready(self, timeout_s: float = 60) -> Frontend:
+        assert self.process is not None and self.log_path is not None, "launch() first"
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

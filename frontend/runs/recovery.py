@@ -17,7 +17,9 @@ from .execute import failure_body
 from .service import RunService
 
 log = logging.getLogger("frontend.runs")
-REPLICA_LOST = "the replica running this run stopped before it finished; send it again"
+REPLICA_LOST = (
+    "the frontend replica running this run stopped before it finished (killed, crashed or restarted); send it again"
+)
 
 
 async def resume_unfinished(runs: RunService, store: RunStore, settings: Settings, metrics: Metrics) -> int:

@@ -16,7 +16,8 @@ from .records import Delivery, DeliveryState, DeliveryStatus, Expired, Lease, Ru
 
 class RunStore(Protocol):
     async def open(self) -> None:
-        """Connect and bring the schema up to date (safe when several replicas start at once)."""
+        """Connect and bring the schema up to date (safe when several replicas start at once). An engine
+        only one process may use (SQLite) also hands back, at once, the leases a previous process left."""
 
     async def close(self) -> None: ...
 

@@ -33,6 +33,7 @@ from .records import (
     delivery_id,
     webhook_payload,
 )
+from .sql import NEXT_DELIVERY_SQL, NO_PENDING_DELIVERY_SQL, UNFINISHED_SQL
 
 if TYPE_CHECKING:  # generic in the stubs only
     from asyncpg.pool import PoolConnectionProxy
@@ -43,8 +44,6 @@ log = logging.getLogger("frontend.store")
 CHANNEL = "sd_img2img_work"
 MIGRATION_LOCK = 0x5D1A_6121  # pg_advisory_xact_lock key: one replica migrates at a time
 DB_NOW = "extract(epoch from clock_timestamp())"  # lease times by one clock, the database's
-UNFINISHED_SQL = "status IN ('queued', 'processing')"
-NO_PENDING_DELIVERY_SQL = "NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.run_id = r.id AND d.status = 'pending')"
 
 
 class PostgresRunStore:
@@ -196,7 +195,7 @@ class PostgresRunStore:
         ]
 
     async def next_delivery_at(self) -> float | None:
-        value = await self._db.fetchval("SELECT MIN(next_attempt_at) FROM deliveries WHERE status = 'pending'")
+        value = await self._db.fetchval(NEXT_DELIVERY_SQL.format(now=DB_NOW))
         return None if value is None else float(value)
 
     async def record_attempt(

@@ -32,6 +32,7 @@ from .records import (
     delivery_id,
     webhook_payload,
 )
+from .sql import NEXT_DELIVERY_SQL, NO_PENDING_DELIVERY_SQL, UNFINISHED_SQL
 
 # Versioned: migration N runs once, when PRAGMA user_version < N. Version 1 is the first schema
 # (IF NOT EXISTS, so files made before versioning adopt it).
@@ -79,8 +80,6 @@ MIGRATIONS = [
     CREATE INDEX deliveries_run ON deliveries (run_id);
     """,
 ]
-UNFINISHED_SQL = "status IN ('queued', 'processing')"
-NO_PENDING_DELIVERY_SQL = "NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.run_id = runs.id AND d.status = 'pending')"
 
 
 class SqliteRunStore:
@@ -94,6 +93,9 @@ class SqliteRunStore:
         self._db = await aiosqlite.connect(self.path, timeout=30)
         self._db.row_factory = aiosqlite.Row
         await self._db.execute("PRAGMA synchronous=NORMAL")
+        # One process per file: a lease found at start is a previous process's, and it is gone, so
+        # its work is taken over now rather than after the lease.
+        await self.release_leases_of_others()
 
     async def close(self) -> None:
         if self._db is not None:
@@ -204,7 +206,8 @@ class SqliteRunStore:
         return [_delivery(row) for row in joined]
 
     async def next_delivery_at(self) -> float | None:
-        async with self._conn.execute("SELECT MIN(next_attempt_at) FROM deliveries WHERE status = 'pending'") as cursor:
+        sql = NEXT_DELIVERY_SQL.format(now=time.time())
+        async with self._conn.execute(sql) as cursor:
             row = await cursor.fetchone()
         return None if row is None or row[0] is None else float(row[0])
 
@@ -248,6 +251,13 @@ class SqliteRunStore:
         await self._conn.commit()
         return runs.rowcount + deliveries.rowcount
 
+    async def release_leases_of_others(self) -> None:
+        for table in ("runs", "deliveries"):
+            await self._conn.execute(
+                f"UPDATE {table} SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner IS NOT NULL"
+            )
+        await self._conn.commit()
+
     async def release_leases(self, owner: str) -> None:
         for table in ("runs", "deliveries"):
             await self._conn.execute(
@@ -258,7 +268,7 @@ class SqliteRunStore:
 
     async def expire(self, now: float, result_ttl_s: float, run_ttl_s: float) -> Expired:
         results = await self._conn.execute(
-            "UPDATE runs SET body = NULL, result_expired_at = ? WHERE id IN (SELECT id FROM runs WHERE"
+            "UPDATE runs SET body = NULL, result_expired_at = ? WHERE id IN (SELECT id FROM runs r WHERE"
             f" status = 'succeeded' AND result_expired_at IS NULL AND finished_at < ? AND {NO_PENDING_DELIVERY_SQL}"
             " ORDER BY finished_at LIMIT ?)",
             (now, now - result_ttl_s, RETENTION_BATCH),
@@ -266,7 +276,7 @@ class SqliteRunStore:
         old = [
             row[0]
             for row in await self._conn.execute_fetchall(
-                f"SELECT id FROM runs WHERE created_at < ? AND status IN ('succeeded', 'failed')"
+                f"SELECT id FROM runs r WHERE created_at < ? AND status IN ('succeeded', 'failed')"
                 f" AND {NO_PENDING_DELIVERY_SQL} ORDER BY created_at LIMIT ?",
                 (now - run_ttl_s, RETENTION_BATCH),
             )

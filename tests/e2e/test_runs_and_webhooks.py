@@ -210,7 +210,7 @@ async def test_synchronous_run_cut_by_a_crash_is_marked_failed_not_left_processi
     second = make_frontend(data_dir=data_dir)
     view = await wait_for_run(http, second, run_id, "failed")
     assert view["error"]["code"] == "backend_unavailable"
-    assert "restarted before this run finished" in view["error"]["message"]
+    assert "stopped before it finished" in view["error"]["message"]
 
 
 async def test_graceful_shutdown_finishes_in_flight_requests(

@@ -19,6 +19,7 @@ GROUPS = {
     "backend_faults": "4. Backend faults",
     "soak": "5. Load: soak at saturation",
     "auth": "6. Auth",
+    "replicas": "7. Replicas on PostgreSQL: SIGKILL, SIGSTOP, SIGTERM",
 }
 
 

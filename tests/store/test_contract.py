@@ -205,6 +205,7 @@ async def test_postgres_wakes_the_other_replicas_on_new_and_released_work(postgr
 async def test_due_deliveries_come_soonest_first_and_one_claimer_gets_each(
     store: RunStore, open_more: Callable[[], Any]
 ) -> None:
+    peers: list[RunStore] = [await open_more() for _ in range(3)]
     for run_id in ("a", "b", "c"):
         await finished_with_delivery(store, run_id)
     now = time.time()
@@ -224,8 +225,7 @@ async def test_due_deliveries_come_soonest_first_and_one_claimer_gets_each(
     next_at = await store.next_delivery_at()
     assert next_at is not None and abs(next_at - (now - 5)) < 1e-3
     assert [d.id for d in await store.claim_due_deliveries(A, now, LONG, limit=1)] == ["msg_b"]
-    # Two replicas race for the rest at the same instant: each due delivery goes to exactly one.
-    peers: list[RunStore] = [await open_more() for _ in range(3)]
+    # Replicas race for the rest at the same instant: each due delivery goes to exactly one.
     results = await asyncio.gather(*(peer.claim_due_deliveries(f"peer-{i}", now, LONG) for i, peer in enumerate(peers)))
     assert sorted(d.id for batch in results for d in batch) == ["msg_c"]
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import importlib.resources
 import json
+import math
 import re
 import tomllib
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import jsonschema
 import kubernetes_validate
@@ -22,6 +24,18 @@ def yaml_documents(path: Path) -> list[dict]:
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
 
 
+def kubernetes_documents() -> dict[tuple[str, str], dict]:
+    return {(d["kind"], d["metadata"]["name"]): d for p in (DOCKER / "k8s").glob("*.yaml") for d in yaml_documents(p)}
+
+
+def compose_environment(service: dict) -> dict[str, str]:
+    """A compose service's environment, written as a mapping or as a list of NAME=value."""
+    environment = service.get("environment") or {}
+    if isinstance(environment, list):
+        return dict(item.partition("=")[::2] for item in environment)
+    return {name: str(value) for name, value in environment.items()}
+
+
 def test_compose_file_matches_the_compose_spec() -> None:
     schema_file = importlib.resources.files("check_jsonschema.builtin_schemas.vendor") / "compose-spec.json"
     schema = json.loads(schema_file.read_text())
@@ -33,7 +47,40 @@ def test_compose_file_matches_the_compose_spec() -> None:
     assert triton["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
     assert "/readyz" in " ".join(frontend["healthcheck"]["test"])
     assert frontend["depends_on"]["triton"]["condition"] == "service_healthy"
-    assert "runs:/data" in frontend["volumes"]
+
+
+def test_compose_frontend_uses_the_postgres_service() -> None:
+    (compose,) = yaml_documents(DOCKER / "compose.yaml")
+    services = compose["services"]
+    assert "postgres" in services, "compose.yaml has no `postgres` service for the shared run store"
+    postgres, frontend = services["postgres"], services["frontend"]
+    assert re.fullmatch(r"postgres:\d+.*", postgres.get("image", "")), (
+        f"the postgres service should run a pinned postgres image, not {postgres.get('image')!r}"
+    )
+    healthcheck = " ".join(postgres.get("healthcheck", {}).get("test", []))
+    assert "pg_isready" in healthcheck, "the postgres service needs a pg_isready healthcheck"
+    assert any(str(volume).endswith(":/var/lib/postgresql/data") for volume in postgres.get("volumes", [])), (
+        "the postgres service should keep its data in a volume at /var/lib/postgresql/data"
+    )
+
+    url = compose_environment(frontend).get("SD_DATABASE_URL", "")
+    assert url, "the frontend service does not set SD_DATABASE_URL (it would fall back to SQLite)"
+    parts = urlsplit(url)
+    assert parts.scheme in ("postgresql", "postgres"), f"SD_DATABASE_URL is not a PostgreSQL URL: {url!r}"
+    assert parts.hostname == "postgres", f"SD_DATABASE_URL does not point at the postgres service: {url!r}"
+    assert parts.port in (None, 5432), f"SD_DATABASE_URL uses port {parts.port}, the postgres service listens on 5432"
+    db = compose_environment(postgres)
+    assert parts.username == db.get("POSTGRES_USER"), "SD_DATABASE_URL's user is not the service's POSTGRES_USER"
+    assert parts.password == db.get("POSTGRES_PASSWORD"), (
+        "SD_DATABASE_URL's password is not the service's POSTGRES_PASSWORD"
+    )
+    assert parts.path == f"/{db.get('POSTGRES_DB')}", "SD_DATABASE_URL's database is not the service's POSTGRES_DB"
+
+    depends_on = frontend.get("depends_on", {})
+    assert isinstance(depends_on, dict), "the frontend's depends_on needs the long form (with conditions)"
+    assert depends_on.get("postgres", {}).get("condition") == "service_healthy", (
+        "the frontend does not wait for a healthy postgres (depends_on: postgres: condition: service_healthy)"
+    )
 
 
 @pytest.mark.parametrize("manifest", sorted((DOCKER / "k8s").glob("*.yaml")), ids=lambda p: p.name)
@@ -43,7 +90,7 @@ def test_kubernetes_manifests_validate_strictly(manifest: Path) -> None:
 
 
 def test_kubernetes_wiring() -> None:
-    docs = {(d["kind"], d["metadata"]["name"]): d for p in (DOCKER / "k8s").glob("*.yaml") for d in yaml_documents(p)}
+    docs = kubernetes_documents()
     triton = docs[("Deployment", "sd-triton")]["spec"]["template"]["spec"]["containers"][0]
     assert triton["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert "triton_canary.py" in " ".join(triton["livenessProbe"]["exec"]["command"])
@@ -53,6 +100,71 @@ def test_kubernetes_wiring() -> None:
     assert docs[("Service", "triton-grpc")]["spec"]["clusterIP"] == "None"
     hpa = docs[("HorizontalPodAutoscaler", "sd-triton")]["spec"]
     assert hpa["scaleTargetRef"]["name"] == "sd-triton"
+
+
+def test_kubernetes_frontend_replicas_share_a_database() -> None:
+    docs = kubernetes_documents()
+    deployment = docs[("Deployment", "sd-frontend")]
+    spec = deployment["spec"]
+    pod = spec["template"]["spec"]
+    labels = spec["template"]["metadata"]["labels"]
+    replicas = spec.get("replicas", 1)
+    assert replicas >= 3, f"the frontend Deployment runs {replicas} replica(s); it needs at least 3"
+    strategy = spec.get("strategy", {})
+    assert strategy.get("type", "RollingUpdate") == "RollingUpdate", (
+        f"the frontend Deployment's strategy is {strategy.get('type')!r}: a Recreate takes every replica down"
+    )
+
+    claims = [volume["name"] for volume in pod.get("volumes", []) if "persistentVolumeClaim" in volume]
+    assert not claims, f"the frontend mounts PersistentVolumeClaim volume(s) {claims}: replicas cannot share one"
+
+    (frontend,) = [container for container in pod["containers"] if container["name"] == "frontend"]
+    env = {item["name"]: item for item in frontend.get("env", [])}
+    assert "SD_DATABASE_URL" in env, "the frontend container has no SD_DATABASE_URL (each pod would use SQLite)"
+    secret = env["SD_DATABASE_URL"].get("valueFrom", {}).get("secretKeyRef", {})
+    assert secret.get("name") and secret.get("key"), "SD_DATABASE_URL must come from a Secret (secretKeyRef)"
+    assert not secret.get("optional", False), "SD_DATABASE_URL's secretKeyRef must not be optional"
+
+    budgets = [
+        doc
+        for (kind, _), doc in docs.items()
+        if kind == "PodDisruptionBudget"
+        and (selector := doc["spec"].get("selector", {}).get("matchLabels"))
+        and selector.items() <= labels.items()
+    ]
+    assert budgets, f"no PodDisruptionBudget selects the frontend pods (labels {labels})"
+    for budget in budgets:
+        name = budget["metadata"]["name"]
+        if "minAvailable" in budget["spec"]:
+            available = pod_count(budget["spec"]["minAvailable"], replicas)
+        else:
+            available = replicas - pod_count(budget["spec"].get("maxUnavailable", 0), replicas)
+        assert 2 <= available < replicas, (
+            f"PodDisruptionBudget {name} keeps {available} of {replicas} frontend pods: it should keep at least 2"
+            " and still let a node drain"
+        )
+
+    affinity = pod.get("affinity", {}).get("podAntiAffinity", {})
+    terms = [term["podAffinityTerm"] for term in affinity.get("preferredDuringSchedulingIgnoredDuringExecution", [])]
+    terms += affinity.get("requiredDuringSchedulingIgnoredDuringExecution", [])
+    terms += pod.get("topologySpreadConstraints", [])
+    assert any(
+        term.get("topologyKey") == "kubernetes.io/hostname"
+        and term.get("labelSelector", {}).get("matchLabels", {}).items() <= labels.items()
+        and term.get("labelSelector", {}).get("matchLabels")
+        for term in terms
+    ), "the frontend pods are not spread over nodes (podAntiAffinity or topologySpreadConstraints by hostname)"
+
+    for (kind, name), doc in docs.items():
+        if kind == "HorizontalPodAutoscaler" and doc["spec"]["scaleTargetRef"]["name"] == "sd-frontend":
+            assert doc["spec"].get("minReplicas", 1) >= 3, f"HPA {name} may scale the frontend below 3 replicas"
+
+
+def pod_count(value: int | str, replicas: int) -> int:
+    """A PodDisruptionBudget's minAvailable or maxUnavailable in pods (percentages round up, as Kubernetes does)."""
+    if isinstance(value, str) and value.endswith("%"):
+        return math.ceil(replicas * int(value[:-1]) / 100)
+    return int(value)
 
 
 @pytest.mark.parametrize("dockerfile", ["triton.Dockerfile", "frontend.Dockerfile"])

@@ -1,0 +1,13 @@
+"""SQL both engines share, word for word (only placeholders and clocks differ between them)."""
+
+from __future__ import annotations
+
+UNFINISHED_SQL = "status IN ('queued', 'processing')"
+# For a run aliased ``r``: retention keeps a result while its webhook still has to carry it.
+NO_PENDING_DELIVERY_SQL = "NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.run_id = r.id AND d.status = 'pending')"
+# When this replica should look for deliveries again: one another replica is attempting is not ours
+# before its lease lapses (so no busy polling while it is in flight). ``{now}``: the engine's clock.
+NEXT_DELIVERY_SQL = (
+    "SELECT MIN(CASE WHEN lease_owner IS NOT NULL AND lease_expires_at > {now} THEN lease_expires_at"
+    " ELSE next_attempt_at END) FROM deliveries WHERE status = 'pending'"
+)
