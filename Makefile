@@ -14,8 +14,8 @@ TINY_STAMP := $(TINY_MODEL_DIR)/tiny_model_build.json
 # Only the default tiny-model folder is ever built: a MODEL_DIR of yours is served as it is, never written.
 SERVED_MODEL := $(if $(filter $(abspath $(TINY_MODEL_DIR)),$(abspath $(MODEL_DIR))),model,setup)
 
-.PHONY: setup model model-sd15 triton serve serve-sd15 real-size test lint reliability bench bench-batching \
-	bench-latency clean
+.PHONY: setup model model-sd15 postgres triton serve serve-replicas serve-sd15 real-size test lint reliability bench \
+	bench-batching bench-latency clean
 
 setup: $(SETUP_STAMP)
 
@@ -36,6 +36,13 @@ $(TINY_STAMP): $(SETUP_STAMP) embedded/tiny_model.py
 model-sd15: setup
 	$(PY) -m embedded.sd15_model $(SD15_DIR)
 
+# PostgreSQL binaries (Debian's postgresql) for the replica stack and the tests; installed once if missing.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || { \
+		echo "installing Debian's postgresql ..."; \
+		$(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq postgresql >/dev/null; }
+
 # Triton in the foreground on :8000 (HTTP), :8001 (gRPC), :8002 (metrics); Ctrl-C stops it.
 triton: $(SERVED_MODEL)
 	$(PY) -m embedded.triton_server --model-path $(MODEL_DIR) $(TRITON_ARGS)
@@ -43,6 +50,11 @@ triton: $(SERVED_MODEL)
 # Triton (tiny model, or your MODEL_DIR) + the frontend on :8080. SD_API_KEYS unset: a dev key is printed.
 serve: $(SERVED_MODEL)
 	$(PY) -m embedded.stack --model-path $(MODEL_DIR) $(SERVE_ARGS)
+
+# Several replicas: a local PostgreSQL (data in .pgdata/), one Triton, frontends on :8080, :8081, :8082 sharing
+# it, one API key and webhook secret (SD_API_KEYS / SD_WEBHOOK_SECRET honoured, else printed). Ctrl-C stops all.
+serve-replicas: $(SERVED_MODEL) postgres
+	$(PY) -m embedded.replicas --model-path $(MODEL_DIR) $(SERVE_ARGS)
 
 # The same stack on the full-size random-weight SD 1.5. On a CPU a default request (40 denoising steps at
 # 512x512) takes about 20 min, so the frontend's Triton deadline is an hour here unless you set one.
@@ -54,12 +66,12 @@ serve-sd15: model-sd15
 real-size: model-sd15
 	$(PY) -m bench.real_size --model-path $(SD15_DIR)
 
-test: model lint
+test: model postgres lint
 	$(PY) -m pytest
 
 # The reliability groups at full scale (under 20 min here); writes docs/reliability.md. `make test` runs them
 # small. Then the real-size run (make real-size).
-reliability: model model-sd15
+reliability: model model-sd15 postgres
 	$(PY) -m pytest tests/reliability --reliability-full; status=$$?; \
 	$(PY) -m tests.reliability.report; report=$$?; \
 	$(PY) -m bench.real_size --model-path $(SD15_DIR) && exit $$(( status || report ))
@@ -67,7 +79,7 @@ reliability: model model-sd15
 # Every benchmark side by side (about 10 min here); writes docs/benchmarks.md and docs/img/*.png.
 # On a GPU machine: make bench BENCH_ARGS="--model-path /weights/sd15 --size 512 --steps 50 --strength 0.8"
 BENCH_ARGS ?=
-bench: model
+bench: model postgres
 	$(PY) -m bench.run_all $(BENCH_ARGS)
 
 bench-batching: model

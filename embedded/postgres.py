@@ -47,6 +47,9 @@ class EmbeddedPostgres:
     log_path: Path | None = None
     _as_postgres: bool = field(default=False, init=False)
 
+    def __post_init__(self) -> None:
+        self._as_postgres = os.geteuid() == 0
+
     @property
     def password(self) -> str:
         return (self.cluster / "sd_password").read_text().strip()
@@ -63,7 +66,6 @@ class EmbeddedPostgres:
         return self.data_dir.resolve()
 
     def start(self, timeout_s: float = 60) -> EmbeddedPostgres:
-        self._as_postgres = os.geteuid() == 0
         self._place()
         if not (self.cluster / "PG_VERSION").exists():
             self._init()

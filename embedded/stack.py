@@ -22,8 +22,7 @@ from embedded.tiny_model import build
 from embedded.triton_server import DEFAULT_MODEL_PATH, EmbeddedTriton, TritonStartError
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+def add_triton_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-path", default=str(DEFAULT_MODEL_PATH))
     parser.add_argument("--triton-http-port", type=int, default=8000)
     parser.add_argument("--triton-grpc-port", type=int, default=8001)
@@ -36,8 +35,10 @@ def main(argv: list[str] | None = None) -> int:
         "--stall", type=float, default=600.0, help="restart after this long without progress while work waits"
     )
     parser.add_argument("--ready-timeout", type=float, default=600.0, help="how long Triton may take to load")
-    args = parser.parse_args(argv)
 
+
+def start_triton(args: argparse.Namespace) -> tuple[EmbeddedTriton, Supervisor | None]:
+    """Triton (building only the default tiny model) and its supervisor; raises TritonStartError."""
     if Path(args.model_path).resolve() == DEFAULT_MODEL_PATH:
         build(DEFAULT_MODEL_PATH)
     log_path = Path(".build") / "triton.log"
@@ -51,21 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         ready_timeout_s=args.ready_timeout,
     )
     print(f"starting tritonserver (log: {log_path}) ...", flush=True)
-    try:
-        triton.start()
-    except TritonStartError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-
-    notes = []
-    os.environ.setdefault("SD_TRITON_URL", triton.grpc_url)
-    if not os.environ.get("SD_API_KEYS"):
-        os.environ["SD_API_KEYS"] = "sk-dev-" + secrets.token_urlsafe(24)
-        notes.append(f"API key (dev, generated):     {os.environ['SD_API_KEYS']}")
-    if not os.environ.get("SD_WEBHOOK_SECRET"):
-        os.environ["SD_WEBHOOK_SECRET"] = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
-        notes.append(f"webhook secret (dev, generated): {os.environ['SD_WEBHOOK_SECRET']}")
-
+    triton.start()
     supervisor = None
     if args.supervise_interval > 0:
         supervisor = Supervisor(
@@ -75,12 +62,44 @@ def main(argv: list[str] | None = None) -> int:
             stall_s=args.stall,
             report=lambda m: print(f"supervisor: {m}", flush=True),
         ).start()
+    print(f"tritonserver ready: HTTP {triton.http_url}  gRPC {triton.grpc_url}", flush=True)
+    return triton, supervisor
+
+
+def stop_triton(triton: EmbeddedTriton, supervisor: Supervisor | None) -> None:
+    if supervisor is not None:
+        supervisor.stop(timeout_s=2)
+    triton.stop()
+
+
+def fill_dev_credentials() -> list[str]:
+    """What a dev machine lacks: an API key and a webhook secret, generated into the environment; notes to print."""
+    notes = []
+    if not os.environ.get("SD_API_KEYS"):
+        os.environ["SD_API_KEYS"] = "sk-dev-" + secrets.token_urlsafe(24)
+        notes.append(f"API key (dev, generated):     {os.environ['SD_API_KEYS']}")
+    if not os.environ.get("SD_WEBHOOK_SECRET"):
+        os.environ["SD_WEBHOOK_SECRET"] = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+        notes.append(f"webhook secret (dev, generated): {os.environ['SD_WEBHOOK_SECRET']}")
+    return notes
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    add_triton_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        triton, supervisor = start_triton(args)
+    except TritonStartError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    os.environ.setdefault("SD_TRITON_URL", triton.grpc_url)
+    notes = fill_dev_credentials()
 
     from frontend.__main__ import main as frontend_main
     from frontend.settings import Settings
 
     settings = Settings()
-    print(f"tritonserver ready: HTTP {triton.http_url}  gRPC {triton.grpc_url}", flush=True)
     for note in notes:
         print(note, flush=True)
     print(
@@ -90,9 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         frontend_main()
     finally:
-        if supervisor is not None:
-            supervisor.stop(timeout_s=2)
-        triton.stop()
+        stop_triton(triton, supervisor)
     return 0
 
 
