@@ -46,6 +46,16 @@ async def wait_ready(http: aiohttp.ClientSession, url: str, process: subprocess.
     raise AssertionError(f"make serve did not become ready:\n{log.read_text(errors='replace')[-3000:]}")
 
 
+def interrupt(process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """Ctrl-C to make's whole session, as a terminal sends it; SIGKILL if it does not stop in time."""
+    os.killpg(process.pid, signal.SIGINT)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
 async def test_make_serve_serves_your_model_dir_and_leaves_it_byte_identical(
     tmp_path: Path, http: aiohttp.ClientSession, frontend: Frontend, image_b64: str
 ) -> None:
@@ -76,12 +86,7 @@ async def test_make_serve_serves_your_model_dir_and_leaves_it_byte_identical(
         status, mine, _ = await post(http, served, seed_body(image_b64, num_inference_steps=8, strength=0.5))
         assert status == 200, mine
     finally:
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        interrupt(process, timeout_s=60)
 
     assert fingerprint(checkpoint) == before, "make serve wrote into MODEL_DIR"
     assert "tiny_model" not in log.read_text(errors="replace")

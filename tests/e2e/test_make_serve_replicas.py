@@ -5,7 +5,6 @@ Ctrl-C stops every process it started."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from embedded.postgres import EmbeddedPostgres
 from embedded.triton_server import REPO_ROOT, free_port
 
 from ..support import API_KEYS, WEBHOOK_SECRET, Frontend
-from .test_make_serve_model_dir import wait_ready
+from .test_make_serve_model_dir import interrupt, wait_ready
 from .test_predict import post, seed_body
 
 pytestmark = pytest.mark.integration
@@ -60,12 +59,7 @@ async def test_make_serve_replicas_serves_one_store_from_three_frontends_and_ctr
             ) as response:
                 assert response.status == 404  # another key's run does not exist for it
     finally:
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        interrupt(process, timeout_s=120)
     cluster_stopped = not (tmp_path / "pg" / "postmaster.pid").exists()
     EmbeddedPostgres(tmp_path / "pg").destroy()  # as root it may live in postgres's home: remove it there too
     text = log.read_text(errors="replace")
