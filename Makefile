@@ -15,7 +15,7 @@ TINY_STAMP := $(TINY_MODEL_DIR)/tiny_model_build.json
 SERVED_MODEL := $(if $(filter $(abspath $(TINY_MODEL_DIR)),$(abspath $(MODEL_DIR))),model,setup)
 
 .PHONY: setup model model-sd15 postgres triton serve serve-replicas serve-sd15 real-size test lint reliability bench \
-	bench-batching bench-latency clean
+	bench-batching bench-latency bench-replicas clean
 
 setup: $(SETUP_STAMP)
 
@@ -76,11 +76,17 @@ reliability: model model-sd15 postgres
 	$(PY) -m tests.reliability.report; report=$$?; \
 	$(PY) -m bench.real_size --model-path $(SD15_DIR) && exit $$(( status || report ))
 
-# Every benchmark side by side (about 10 min here); writes docs/benchmarks.md and docs/img/*.png.
+# Every benchmark side by side (about 16 min here); writes docs/benchmarks.md, docs/img/*.png, docs/bench-replicas.md.
 # On a GPU machine: make bench BENCH_ARGS="--model-path /weights/sd15 --size 512 --steps 50 --strength 0.8"
 BENCH_ARGS ?=
 bench: model postgres
 	$(PY) -m bench.run_all $(BENCH_ARGS)
+	$(PY) -m bench.replicas
+
+# The run store's added latency (PostgreSQL vs SQLite) and 1 vs 3 frontends on one Triton (about 6 min);
+# writes docs/bench-replicas.md. Part of make bench.
+bench-replicas: model postgres
+	$(PY) -m bench.replicas
 
 bench-batching: model
 	$(PY) -m bench.batching
