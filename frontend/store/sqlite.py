@@ -12,7 +12,7 @@ import asyncio
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -89,13 +89,17 @@ class SqliteRunStore:
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        await migrate(self.path)
+        await when_unlocked(lambda: migrate(self.path))
         self._db = await aiosqlite.connect(self.path, timeout=30)
         self._db.row_factory = aiosqlite.Row
-        await self._db.execute("PRAGMA synchronous=NORMAL")
-        # One process per file: a lease found at start is a previous process's, and it is gone, so
-        # its work is taken over now rather than after the lease.
-        await self.release_leases_of_others()
+        try:
+            await self._db.execute("PRAGMA synchronous=NORMAL")
+            # One process per file: a lease found at start is a previous process's, and it is gone, so
+            # its work is taken over now rather than after the lease.
+            await when_unlocked(self.release_leases_of_others)
+        except BaseException:
+            await self.close()
+            raise
 
     async def close(self) -> None:
         if self._db is not None:
@@ -298,17 +302,23 @@ class SqliteRunStore:
         return Usage(runs=row[0], results=row[1], result_bytes=row[2], pending_deliveries=row[3], disk_bytes=row[4])
 
 
+async def when_unlocked(step: Callable[[], Awaitable[None]], timeout_s: float = 30) -> None:
+    """Run ``step``, again while the file is locked: while another connection switches the file to WAL,
+    SQLite answers "locked" at once instead of waiting out the busy timeout."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return await step()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+
+
 async def migrate(path: Path) -> None:
     """WAL mode, then the missing migrations under one write lock (several openers at once take turns)."""
     async with aiosqlite.connect(path, timeout=30, isolation_level=None) as db:
-        for _ in range(300):  # switching to WAL does not wait for a busy file: retry for up to 30 s
-            try:
-                await db.execute("PRAGMA journal_mode=WAL")
-                break
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc):
-                    raise
-                await asyncio.sleep(0.1)
+        await db.execute("PRAGMA journal_mode=WAL")
         await db.execute("BEGIN IMMEDIATE")
         try:
             async with db.execute("PRAGMA user_version") as cursor:
