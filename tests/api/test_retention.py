@@ -104,3 +104,5 @@ async def test_a_soak_keeps_the_store_bounded(api: Client) -> None:
         )
     assert all(full.runs == 20 and full.result_bytes > 20 * 100_000 for full, _ in sizes)
     assert all((empty.runs, empty.results, empty.result_bytes) == (0, 0, 0) for _, empty in sizes)
+    # Bounded: the space of expired results is reused, so the file does not grow round after round.
+    assert sizes[-1][1].disk_bytes <= 1.25 * sizes[0][1].disk_bytes, [empty.disk_bytes for _, empty in sizes]
