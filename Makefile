@@ -15,7 +15,7 @@ TINY_STAMP := $(TINY_MODEL_DIR)/tiny_model_build.json
 SERVED_MODEL := $(if $(filter $(abspath $(TINY_MODEL_DIR)),$(abspath $(MODEL_DIR))),model,setup)
 
 .PHONY: setup model model-sd15 postgres triton serve serve-replicas serve-sd15 real-size test lint reliability bench \
-	bench-batching bench-latency bench-replicas clean
+	bench-batching bench-latency bench-replicas gpu-carry gpu-report clean
 
 setup: $(SETUP_STAMP)
 
@@ -87,6 +87,16 @@ bench: model postgres
 # writes docs/bench-replicas.md. Part of make bench.
 bench-replicas: model postgres
 	$(PY) -m bench.replicas
+
+# What a bare GPU machine lacks (wheels, tritonserver; 54 MiB in .gpu/), packed here for the device call.
+gpu-carry: setup
+	$(PY) -m bench.gpu.carry
+
+# On a machine with an NVIDIA GPU and a CUDA torch in python3 (README "On a GPU"): builds the full-size
+# random SD 1.5 on the GPU, measures, writes $(GPU_OUT)/gpu-report.json and gpu.md (docs/gpu.md's source).
+GPU_OUT ?= .build/gpu
+gpu-report:
+	OUT=$(GPU_OUT) bash bench/gpu/run.sh $(GPU_ARGS)
 
 bench-batching: model
 	$(PY) -m bench.batching

@@ -19,7 +19,9 @@ MODEL_DIR = Path(__file__).resolve().parent.parent / "model_repository" / "sd_im
 
 
 class Direct:
-    def __init__(self, model_path: str, workload_args: dict[str, Any], determinism: str) -> None:
+    def __init__(
+        self, model_path: str, workload_args: dict[str, Any], determinism: str, invariant_modules: str = "auto"
+    ) -> None:
         sys.path.insert(0, str(MODEL_DIR))
         import torch
 
@@ -33,15 +35,16 @@ class Direct:
             device="cuda" if on_gpu else "cpu",
             dtype=torch.float16 if on_gpu else torch.float32,
             determinism=determinism,
+            invariant_modules=invariant_modules,
         )
         self.images = self.workload.images()
 
-    def request(self, i: int) -> Any:
+    def request(self, i: int, workload: Any = None) -> Any:
         import numpy as np
 
         from img2img_requests import Defaults, Limits, check_inputs
 
-        w = self.workload
+        w = workload or self.workload
         arrays = {
             "prompt": np.array([[w.prompt(i).encode()]], dtype=object),
             "image": self.images[i % len(self.images)][np.newaxis],
@@ -53,19 +56,29 @@ class Direct:
         }
         return check_inputs(i, arrays, defaults=Defaults(), limits=Limits(), schedulers=self.runner.scheduler_names)
 
-    def measure(self, batch: int, seconds: float) -> dict[str, float]:
+    def call(self, indices: list[int], workload: Any = None) -> Any:
+        """One pipeline call of the workload's requests ``indices`` (in that order)."""
         from img2img_requests import PipelineCall
 
-        call = PipelineCall(self.request(0).group_key, tuple(self.request(i) for i in range(batch)))
+        requests = tuple(self.request(i, workload) for i in indices)
+        return PipelineCall(requests[0].group_key, requests)
+
+    def measure(self, batch: int, seconds: float, min_calls: int = 3) -> dict[str, float]:
+        call = self.call(list(range(batch)))
         self.runner.run(call)  # warm
-        done, start, cpu_start = 0, time.perf_counter(), time.process_time()
-        while time.perf_counter() - start < seconds or done < 3 * batch:
+        calls: list[float] = []
+        start, cpu_start = time.perf_counter(), time.process_time()
+        while time.perf_counter() - start < seconds or len(calls) < min_calls:
+            began = time.perf_counter()
             self.runner.run(call)
-            done += batch
+            calls.append(time.perf_counter() - began)
         elapsed = time.perf_counter() - start
+        done = batch * len(calls)
         return {
             "images_per_s": done / elapsed,
-            "latency_ms": 1000 * elapsed / (done / batch),
+            "latency_ms": 1000 * elapsed / len(calls),
+            "p50_ms": 1000 * sorted(calls)[len(calls) // 2],
+            "calls": len(calls),
             "cpu_ms_per_image": 1000 * (time.process_time() - cpu_start) / done,  # all threads of this process
         }
 

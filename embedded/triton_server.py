@@ -92,14 +92,16 @@ def _install(source: Path, target: Path) -> None:
     os.replace(staging, target)
 
 
-def server_environment(model_path: Path | str | None) -> dict[str, str]:
+def server_environment(model_path: Path | str | None, python_path: tuple[str, ...] = ()) -> dict[str, str]:
+    """``python_path`` goes before everything, the running interpreter's packages included (a carried
+    numpy<2 for the stub on a machine whose own numpy is 2.x)."""
     env = dict(os.environ)
     libdir = sysconfig.get_config_var("LIBDIR") or ""
     # The copied stub loses its relative RPATH to the wheel's bundled libraries (libcudart).
     wheel_libs = str(bundled_triton_dir().parent.parent / "nvidia_pytriton.libs")
     env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libdir, wheel_libs, env.get("LD_LIBRARY_PATH", "")) if p)
     site_packages = sysconfig.get_paths()["purelib"]
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (site_packages, env.get("PYTHONPATH", "")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (*python_path, site_packages, env.get("PYTHONPATH", "")) if p)
     if model_path is not None:
         env["SD_MODEL_PATH"] = str(model_path)
     return env
@@ -120,6 +122,7 @@ class EmbeddedTriton:
     echo_logs: bool = False
     log_file: Path | None = None
     extra_args: list[str] = field(default_factory=list)
+    python_path: tuple[str, ...] = ()
     # The Python backend's shared-memory regions get this per-server prefix, so the ones a killed server
     # (or a SIGKILLed stub) leaves in /dev/shm can be removed: 16 MiB each otherwise, until reboot.
     shm_prefix: str = field(default_factory=lambda: f"triton_sd_{os.getpid()}_{secrets.token_hex(4)}")
@@ -192,7 +195,7 @@ class EmbeddedTriton:
         self.remove_shm_regions()
         self.process = subprocess.Popen(
             self.command(),
-            env=server_environment(self.model_path),
+            env=server_environment(self.model_path, self.python_path),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

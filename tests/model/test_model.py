@@ -176,6 +176,8 @@ def test_config_parameters_reach_the_model(
         ({"determinism": "maybe"}, "determinism"),
         ({"dtype": "int8"}, "dtype"),
         ({"max_images_per_call": "2"}, "max_images_per_call"),
+        ({"invariant_modules": "conv3d"}, "invariant_modules: unknown kind 'conv3d'"),
+        ({"invariant_modules": "linear:0"}, "rows for 'linear' must be 1 to 64 but is 0"),
     ],
 )
 def test_bad_config_fails_initialize(

@@ -5,14 +5,13 @@ No Triton imports: ``model.py`` owns the Triton glue, this module owns torch and
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
+from batch_invariance import InvariancePlan, apply_plan, parse_plan, pin_cuda_kernels
 from diffusers import StableDiffusionImg2ImgPipeline
-from diffusers.models.autoencoders.vae import DecoderOutput
 
 from img2img_requests import PipelineCall, to_uint8
 
@@ -38,41 +37,6 @@ DETERMINISM_MODES = ("batch_invariant", "per_image", "batched")
 _UNSUPPORTED_SCHEDULERS = {"DPMSolverSDEScheduler", "EDMEulerScheduler"}
 
 
-def _split_batch(forward: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-    """Run ``forward`` one sample at a time so each sample's result cannot depend on its batch."""
-
-    @functools.wraps(forward)
-    def per_sample(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if x.shape[0] == 1:
-            return forward(x, *args, **kwargs)
-        return torch.cat([forward(x[i : i + 1], *args, **kwargs) for i in range(x.shape[0])])
-
-    return per_sample
-
-
-def make_batch_invariant(pipe: Any) -> None:
-    """Make every image's pixels independent of the batch it runs in, bit for bit.
-
-    Measured on CPU (torch 2.13): a GEMM or convolution gives a sample different float rounding at a
-    different batch size or position (row-block tails, matrix-vector paths at one row), so every
-    ``Conv2d`` and ``Linear`` of the UNet and text encoder, and the VAE decode, run one sample at a time.
-    Everything else (attention, norms, the per-generator VAE encode and noise, the scheduler) was
-    measured batch-invariant and stays batched. Requests still share one call and its Python overhead.
-    """
-    for model in (pipe.unet, pipe.text_encoder):
-        for module in model.modules():
-            if isinstance(module, torch.nn.Conv2d | torch.nn.Linear):
-                module.forward = _split_batch(module.forward)  # type: ignore[method-assign]
-
-    decode = pipe.vae.decode
-
-    def decode_per_sample(z: torch.Tensor, return_dict: bool = True, generator: Any = None) -> Any:
-        images = torch.cat([decode(z[i : i + 1], return_dict=False)[0] for i in range(z.shape[0])])
-        return DecoderOutput(sample=images) if return_dict else (images,)
-
-    pipe.vae.decode = decode_per_sample
-
-
 class Img2ImgRunner:
     """One loaded pipeline on one device; ``run`` executes one ``PipelineCall``."""
 
@@ -83,6 +47,7 @@ class Img2ImgRunner:
         device: str,
         dtype: torch.dtype,
         determinism: str = "batch_invariant",
+        invariant_modules: str = "auto",
         local_files_only: bool = False,
     ) -> None:
         if determinism not in DETERMINISM_MODES:
@@ -90,6 +55,10 @@ class Img2ImgRunner:
         self.determinism = determinism
         self.device = torch.device(device)
         self.dtype = dtype
+        # Parsed before the weights load, so a bad parameter fails at once.
+        self.plan: InvariancePlan | None = (
+            parse_plan(invariant_modules, self.device.type) if determinism == "batch_invariant" else None
+        )
         pipe = StableDiffusionImg2ImgPipeline.from_pretrained(
             model_name_or_path,
             dtype=dtype,
@@ -99,8 +68,10 @@ class Img2ImgRunner:
         )
         pipe.set_progress_bar_config(disable=True)
         self.pipe = pipe.to(self.device)
-        if determinism == "batch_invariant":
-            make_batch_invariant(self.pipe)
+        if self.plan is not None:
+            if self.plan.pin_kernels:
+                pin_cuda_kernels()
+            apply_plan(self.pipe, self.plan)
         # Every scheduler is built once from the checkpoint's config, so a request can only name one that works.
         base = self.pipe.scheduler
         self._schedulers: dict[str, Any] = {"": base}

@@ -80,7 +80,9 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         self.model_name = args["model_name"]
 
-        on_gpu = args.get("model_instance_kind") == "GPU"
+        # KIND_MODEL: the model places itself (on the first visible GPU, if any).
+        kind = args.get("model_instance_kind")
+        on_gpu = kind == "GPU" or (kind == "MODEL" and torch.cuda.is_available())
         device = f"cuda:{args.get('model_instance_device_id', '0')}" if on_gpu else "cpu"
         dtype_name = _parameter(config, "dtype", "auto")
         if dtype_name == "auto":
@@ -109,16 +111,25 @@ class TritonPythonModel:
                 f"parameter determinism must be one of {DETERMINISM_MODES} but is {determinism!r}"
             )
 
+        invariant_modules = _parameter(config, "invariant_modules", "auto")
+
         self.logger.log_info(
-            f"{self.model_name}: loading {model_path} on {device} as {dtype} (determinism={determinism})"
+            f"{self.model_name}: loading {model_path} on {device} as {dtype} "
+            f"(determinism={determinism}, invariant_modules={invariant_modules})"
         )
-        self.runner = Img2ImgRunner(
-            model_path,
-            device=device,
-            dtype=dtype,
-            determinism=determinism,
-            local_files_only=_flag(_parameter(config, "local_files_only", "false")),
-        )
+        try:
+            self.runner = Img2ImgRunner(
+                model_path,
+                device=device,
+                dtype=dtype,
+                determinism=determinism,
+                invariant_modules=invariant_modules,
+                local_files_only=_flag(_parameter(config, "local_files_only", "false")),
+            )
+        except ValueError as exc:  # a bad parameter: name it rather than a traceback
+            raise pb_utils.TritonModelException(f"parameter {exc}") from exc
+        if self.runner.plan is not None:
+            self.logger.log_info(f"{self.model_name}: batch invariance plan {self.runner.plan}")
         self.schedulers = self.runner.scheduler_names
         # The family must outlive its metric (Triton refuses increments of an orphaned metric).
         self.step_family = pb_utils.MetricFamily(

@@ -1,0 +1,193 @@
+"""The in-process measurements of the GPU report: one loaded pipeline, plans applied and removed in turn."""
+
+from __future__ import annotations
+
+import gc
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from bench.direct import Direct
+from bench.gpu import designs
+from bench.workload import Workload
+
+
+class Recorder(Protocol):
+    data: dict[str, Any]
+
+    def record(self, key: str, value: Any) -> None: ...
+
+    def left_s(self) -> float: ...
+
+
+def ensure_model(model_path: Path, device: str) -> dict[str, Any]:
+    """Build the full-size random-weight SD 1.5 on the device itself unless ``model_path`` holds a model."""
+    from embedded.sd15_model import build
+
+    if (model_path / "model_index.json").exists() and not (model_path / "sd15_random_build.json").exists():
+        return {"built": False, "folder": str(model_path)}
+    started = time.monotonic()
+    record = build(model_path, device=device, dtype_name="float16" if device.startswith("cuda") else "float32")
+    return record | {"seconds": round(time.monotonic() - started, 1)}
+
+
+class Session:
+    def __init__(self, model_path: Path, workload_args: dict[str, Any], report: Recorder, *, seconds: float) -> None:
+        self.model_path = model_path
+        self.workload_args = workload_args
+        self.workload = Workload(**workload_args)
+        self.report = report
+        self.seconds = seconds
+        self.direct_runner: Direct | None = None
+        self.maps: dict[str, Any] = {}
+
+    # -- set-up -------------------------------------------------------------------------------------
+    def load(self) -> None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.report.record("build", ensure_model(self.model_path, device))
+        started = time.monotonic()
+        # Loaded as "batched" (nothing wrapped): every design below applies its own plan.
+        self.direct_runner = Direct(str(self.model_path), self.workload_args, "batched")
+        self.report.record("load_s", round(time.monotonic() - started, 1))
+
+    @property
+    def runner(self) -> Any:
+        assert self.direct_runner is not None, "load() first"
+        return self.direct_runner.runner
+
+    def default_spec(self) -> str:
+        from batch_invariance import DEFAULT_PLANS
+
+        device = self.runner.device.type
+        return DEFAULT_PLANS.get(device, DEFAULT_PLANS["cpu"]).spec()
+
+    def use(self, spec: str | None, pinned: bool) -> int:
+        """Apply one design: ``None`` = plain batched. Returns the modules wrapped."""
+        from batch_invariance import InvariancePlan, apply_plan, parse_plan, pin_cuda_kernels, remove_plan
+
+        remove_plan(self.runner.pipe)
+        if self.runner.device.type == "cuda":
+            self.report.record(f"kernels.{'pinned' if pinned else 'default'}", pin_cuda_kernels(pinned))
+        if spec is None:
+            return 0
+        plan = parse_plan(spec, self.runner.device.type) if spec else InvariancePlan({})
+        return apply_plan(self.runner.pipe, plan)
+
+    # -- phases -------------------------------------------------------------------------------------
+    def throughput(self, key: str, batches: tuple[int, ...]) -> None:
+        assert self.direct_runner is not None
+        for batch in batches:
+            self.report.record(f"{key}.b{batch}", self.direct_runner.measure(batch, self.seconds, min_calls=2))
+
+    def direct(self) -> None:
+        """Phase 1: the two shipped modes at batch 1 and 8, and the batching gain of each."""
+        for name, spec, pinned in (("batched", None, False), ("batch_invariant", self.default_spec(), True)):
+            self.report.record(f"direct.{name}.spec", spec)
+            self.use(spec, pinned)
+            self.throughput(f"direct.{name}", (1, 8))
+            figures = self.report_value(f"direct.{name}")
+            self.report.record(
+                f"direct.{name}.batching_gain", figures["b8"]["images_per_s"] / figures["b1"]["images_per_s"]
+            )
+        self.use(None, False)
+
+    def report_value(self, key: str) -> Any:
+        node: Any = self.report.data
+        for part in key.split("."):
+            node = node[part]
+        return node
+
+    def variance_map(self) -> None:
+        """Phase 2: the map with the libraries' own choices, then with kernels pinned."""
+        import torch
+
+        from bench.gpu import variance
+
+        for label, pinned in (("default", False), ("pinned", True)):
+            self.use(None, pinned)
+            deadline = time.monotonic() + max(10.0, self.report.left_s() / 4)
+            layers = variance.layer_map(self.runner.pipe, size=self.workload.size, deadline=deadline)
+            self.report.record(f"map.{label}.layers", layers)
+            self.report.record(
+                f"map.{label}.components", variance.component_map(self.runner.pipe, size=self.workload.size)
+            )
+            self.maps[label] = {"layers": layers, "components": self.report_value(f"map.{label}.components")}
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        self.use(None, False)
+
+    def identical(self, steps: int) -> dict[str, Any]:
+        """Each of 8 requests alone vs. in a batch of 8 (position i) and of 3 (reversed): same bytes?"""
+        assert self.direct_runner is not None
+        check = Workload(**(self.workload_args | {"num_inference_steps": steps}))
+        run = self.runner.run
+        alone = [run(self.direct_runner.call([i], check)) for i in range(8)]
+        mismatches = []
+        for order in (list(range(8)), [7, 3, 0]):
+            together = run(self.direct_runner.call(order, check))
+            for position, i in enumerate(order):
+                if not np.array_equal(together[position], alone[i][0]):
+                    diff = np.abs(together[position].astype(int) - alone[i][0].astype(int))
+                    mismatches.append(
+                        {
+                            "batch": len(order),
+                            "position": position,
+                            "max_diff": int(diff.max()),
+                            "pixels": int((diff > 0).sum()),
+                        }
+                    )
+        return {"identical": not mismatches, "steps": int(steps * self.workload.strength), "mismatches": mismatches}
+
+    def designs(self, check_steps: int) -> dict[str, Any] | None:
+        """Phase 3: every candidate checked by bytes, then timed; the chosen one recorded."""
+        from batch_invariance import parse_plan
+
+        base = self.maps.get("pinned") or {"layers": {"kinds": {}}, "components": {}}
+        results = []
+        for design in designs.candidates(base):
+            key = f"designs.{design.name}"
+            self.report.record(f"{key}.spec", design.spec())
+            self.report.record(f"{key}.wrapped", self.use(design.spec(), design.pinned))
+            outcome = self.identical(check_steps)
+            self.report.record(f"{key}.check", outcome)
+            result: dict[str, Any] = {"name": design.name, "spec": design.spec(), "identical": outcome["identical"]}
+            shipped = self.report.data.get("direct", {}).get("batch_invariant", {})
+            if design.pinned and design.rows == parse_plan(shipped.get("spec") or "", "cuda").rows and "b8" in shipped:
+                # The same plan was timed in phase 1: its figures stand (and save a minute on the device).
+                for batch in ("b1", "b8"):
+                    self.report.record(f"{key}.{batch}", shipped[batch])
+            elif self.report.left_s() > 150:
+                self.throughput(key, (1, 8))
+            if "b8" in self.report_value(key):
+                result |= {"b1": self.report_value(f"{key}.b1"), "b8": self.report_value(f"{key}.b8")}
+            results.append(result)
+        chosen = designs.choose(results)
+        self.report.record("chosen", chosen or {"spec": None, "why": "no candidate was byte-identical"})
+        if chosen is not None:
+            self.use(chosen["spec"], True)
+            self.report.record("chosen_full_check", self.identical(self.workload.num_inference_steps))
+        self.use(None, False)
+        return chosen
+
+    def speed(self, spec: str, check_steps: int) -> None:
+        """Phase 5: channels_last on the chosen design (kept only if exact and faster); more batch sizes."""
+        import torch
+
+        assert self.direct_runner is not None
+        self.use(spec, True)
+        self.throughput("speed.chosen", (8,))
+        unet = self.runner.pipe.unet
+        unet.to(memory_format=torch.channels_last)
+        try:
+            self.report.record("speed.channels_last.check", self.identical(check_steps))
+            self.throughput("speed.channels_last", (8,))
+        finally:
+            unet.to(memory_format=torch.contiguous_format)
+        if self.report.left_s() > 60:
+            self.throughput("speed.chosen", (2, 4, 16))
+        self.use(None, False)

@@ -1,0 +1,262 @@
+"""``docs/gpu.md`` from the GPU report's JSON(s): ``python -m bench.gpu.report A.json [B.json] --markdown F``.
+
+Several JSONs (a run cut in two calls) merge in order; later figures win. Missing phases show as such.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def merge(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+
+    def into(target: dict[str, Any], source: dict[str, Any]) -> None:
+        for key, value in source.items():
+            if isinstance(value, dict) and isinstance(target.get(key), dict):
+                into(target[key], value)
+            else:
+                target[key] = value
+
+    for report in reports:
+        into(merged, report)
+    return merged
+
+
+def _get(data: dict[str, Any], key: str) -> Any:
+    node: Any = data
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _num(value: Any, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _ratio(a: Any, b: Any) -> str:
+    return "-" if a is None or b is None or not b else f"{100 * a / b:.0f}%"
+
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def render(data: dict[str, Any]) -> str:
+    env = data.get("environment", {})
+    out = [
+        "# The service on a GPU",
+        "",
+        'Written by `python -m bench.gpu.report` from the JSON of `bash bench/gpu/run.sh` (README, "On a GPU");',
+        "full-size SD 1.5 with random weights built on the GPU, fp16. Do not edit by hand.",
+        "",
+        f"- GPU: {env.get('gpu', 'none')} ({env.get('gpu_memory_gib', '-')} GiB,"
+        f" {env.get('multiprocessors', '-')} SMs), driver {env.get('driver', '-')}",
+        f"- torch {env.get('torch', '-')}, CUDA {env.get('cuda', '-')}, cuDNN {env.get('cudnn', '-')},"
+        f" diffusers {env.get('diffusers', '-')}, Python {env.get('python', '-')}",
+        f"- Workload: {data.get('workload', '-')}",
+        f"- Run: {data.get('started', '-')}, {data.get('elapsed_s', '-')} s in the command;"
+        f" model built in {_get(data, 'build.seconds') or '-'} s, loaded in {data.get('load_s', '-')} s",
+        "",
+        "## 1. The direct runner (the model's own code, no serving)",
+        "",
+    ]
+    rows = []
+    for mode in ("batched", "batch_invariant"):
+        for batch in ("b1", "b2", "b4", "b8", "b16"):
+            figures = _get(data, f"direct.{mode}.{batch}")
+            if figures:
+                rows.append([f"`{mode}`", batch[1:], _num(figures["images_per_s"]), _num(figures["p50_ms"], 0)])
+        gain = _get(data, f"direct.{mode}.batching_gain")
+        if gain is not None:
+            rows.append([f"`{mode}`", "gain 8 over 1", f"{gain:.2f}x", ""])
+    out += table(["determinism", "batch", "images/s", "p50 ms per call"], rows) if rows else ["(not measured)"]
+    out += ["", "`batch_invariant` here is the device kind's default plan at the time of the run:", ""]
+    out += [f"`{_get(data, 'direct.batch_invariant.spec') or '-'}`.", ""]
+
+    out += ["## 2. The batch-variance map", ""]
+    out += [
+        "Each layer replays the inputs it saw in one batched UNet forward (8 requests = 16 rows with guidance):",
+        "*alone* = a row by itself vs. its row of the batch, every position; *padded* = the row at position 0",
+        "of a zero-padded batch of the same size. A layer counts once if any row differs.",
+        "",
+    ]
+    for label in ("default", "pinned"):
+        kinds = _get(data, f"map.{label}.layers.kinds")
+        if not kinds:
+            continue
+        out += [
+            f"Kernels **{label}**"
+            + (
+                " (split-K and reduced-precision reductions off, TF32 off, cuDNN deterministic without autotuning)"
+                if label == "pinned"
+                else " (the libraries' own choices)"
+            )
+            + ":",
+            "",
+        ]
+        out += table(
+            ["kind", "layers", "vary alone", "vary padded", "max abs diff", "first varying"],
+            [
+                [
+                    k,
+                    str(e["layers"]),
+                    str(e["varies_alone"]),
+                    str(e["varies_padded"]),
+                    f"{e['max_abs_diff']:.3g}",
+                    f"`{e['first_varying']}`" if e["first_varying"] else "",
+                ]
+                for k, e in kinds.items()
+            ],
+        )
+        components = _get(data, f"map.{label}.components") or {}
+        out += [
+            "",
+            "Whole components, alone vs. batch of 8 (max abs diff; 0 = bitwise equal): "
+            + ", ".join(f"{k} {v:.3g}" for k, v in components.items()),
+            "",
+        ]
+
+    out += ["## 3. Determinism designs", ""]
+    out += [
+        "Bytes compared: each of 8 requests alone vs. at its position in a batch of 8, and 3 of them in a",
+        "batch of 3 in reverse order, at fewer steps (invariance is per step); then timed at the full workload.",
+        "",
+    ]
+    batched_b8 = _get(data, "direct.batched.b8.images_per_s")
+    rows = []
+    for name, design in (data.get("designs") or {}).items():
+        check = design.get("check", {})
+        rows.append(
+            [
+                f"`{name}`",
+                f"`{design.get('spec') or '(none)'}`",
+                "yes"
+                if check.get("identical")
+                else f"no ({len(check.get('mismatches', []))} differ)"
+                if check
+                else "-",
+                _num(_get(design, "b1.images_per_s")),
+                _num(_get(design, "b1.p50_ms"), 0),
+                _num(_get(design, "b8.images_per_s")),
+                _ratio(_get(design, "b8.images_per_s"), batched_b8),
+            ]
+        )
+    out += (
+        table(
+            [
+                "design",
+                "invariant_modules",
+                "byte-identical",
+                "b1 images/s",
+                "b1 p50 ms",
+                "b8 images/s",
+                "of plain batched b8",
+            ],
+            rows,
+        )
+        if rows
+        else ["(not measured)"]
+    )
+    chosen = data.get("chosen") or {}
+    full = data.get("chosen_full_check") or {}
+    out += [
+        "",
+        f"Chosen: `{chosen.get('name', '-')}` (`{chosen.get('spec', '-')}`); at the full workload "
+        f"({full.get('steps', '-')} steps) alone vs. batched: "
+        + ("byte-identical" if full.get("identical") else f"{full.get('mismatches', 'not checked')}"),
+        "",
+    ]
+
+    out += ["## 4. End to end: tritonserver + frontend", ""]
+    rows = []
+    for c, direct_key in (("c1", "b1"), ("c8", "b8")):
+        figures = _get(data, f"e2e.{c}")
+        if not figures:
+            continue
+        direct = _get(data, f"designs.{chosen.get('name')}.{direct_key}") if chosen else None
+        direct_ips = direct["images_per_s"] if direct else None
+        rows.append(
+            [
+                c[1:],
+                _num(figures["images_s"]),
+                _num(figures["p50_ms"], 0),
+                _num(figures["p95_ms"], 0),
+                json.dumps(figures.get("errors", {})),
+                _num(direct_ips),
+                "-" if direct_ips is None else f"{100 * (direct_ips / figures['images_s'] - 1):+.1f}%",
+            ]
+        )
+    out += (
+        table(
+            [
+                "concurrency",
+                "images/s",
+                "p50 ms",
+                "p95 ms",
+                "errors",
+                "direct images/s (same design)",
+                "service overhead",
+            ],
+            rows,
+        )
+        if rows
+        else ["(not measured)"]
+    )
+    if _get(data, "e2e.batches"):
+        out += [
+            "",
+            f"Triton batch sizes executed (size: count): {json.dumps(data['e2e']['batches'])};"
+            f" server ready in {_get(data, 'e2e.triton_ready_s')} s"
+            f" with `invariant_modules: {_get(data, 'e2e.invariant_modules')}`.",
+        ]
+    determinism = _get(data, "e2e.determinism")
+    if determinism:
+        out += [
+            "",
+            f"Determinism through the service: a request alone vs. amid {determinism['neighbours']} concurrent "
+            "others: " + ("**byte-identical**" if determinism["identical"] else "**differs**") + ".",
+        ]
+    out += ["", "## 5. Speed options", ""]
+    rows = []
+    for batch in ("b2", "b4", "b8", "b16"):
+        figures = _get(data, f"speed.chosen.{batch}")
+        if figures:
+            rows.append(["chosen design", batch[1:], _num(figures["images_per_s"]), "yes"])
+    cl = _get(data, "speed.channels_last")
+    if cl:
+        rows.append(
+            ["+ channels_last", "8", _num(_get(cl, "b8.images_per_s")), "yes" if _get(cl, "check.identical") else "no"]
+        )
+    out += table(["option", "batch", "images/s", "byte-identical"], rows) if rows else ["(not measured)"]
+    problems = {
+        **(data.get("skipped") or {}),
+        **{k: v.strip().splitlines()[-1] for k, v in (data.get("errors") or {}).items()},
+    }
+    if problems:
+        out += ["", "## Not measured", ""] + [f"- {k}: {v}" for k, v in problems.items()]
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("reports", type=Path, nargs="+")
+    parser.add_argument("--markdown", type=Path, required=True)
+    parser.add_argument("--json", type=Path, help="also write the merged JSON here")
+    args = parser.parse_args(argv)
+    data = merge([json.loads(path.read_text()) for path in args.reports])
+    args.markdown.write_text(render(data))
+    if args.json:
+        args.json.write_text(json.dumps(data, indent=1) + "\n")
+    print(f"wrote {args.markdown}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
