@@ -6,8 +6,10 @@ Phases, in order of value, each skipped when the time budget would not let it fi
 2. ``map``: the batch-variance map (``bench/gpu/variance.py``), default and pinned kernels;
 3. ``designs``: determinism candidates from the map, bytes compared alone vs. every position of a
    batch, then images/s at batch 1 and 8; the fastest exact one is chosen;
-4. ``e2e``: tritonserver + frontend with the chosen design, concurrency 1 and 8, determinism;
-5. ``speed``: channels_last on the chosen design; batch sizes 2, 4, 16.
+4. ``speed``: CUDA graphs and channels_last on the chosen design (each kept only where exact and
+   faster); batch sizes 2, 4, 16;
+5. ``e2e``: tritonserver + frontend with the chosen design (and graphs, if kept), concurrency 1 and 8,
+   and the determinism check through the service.
 
 Every figure is written to ``--out/gpu-report.json`` as soon as it is measured, so a run cut off
 still brings back what it measured. ``python -m bench.gpu.report`` turns JSONs into ``docs/gpu.md``.
@@ -31,7 +33,7 @@ from typing import Any
 
 from bench.workload import Workload
 
-PHASES = ("direct", "map", "designs", "e2e", "speed")
+PHASES = ("direct", "map", "designs", "speed", "e2e")
 # The default hosted-API request: 512x512, 50 steps at strength 0.8 (40 denoising steps), guidance 7.5.
 FULL = {"size": 512, "num_inference_steps": 50, "strength": 0.8, "guidance_scale": 7.5, "variants": 8}
 # The bytes check runs fewer steps: invariance is a property of each step's kernels.
@@ -120,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=4.0, help="least time per throughput figure")
     parser.add_argument("--stub-python-path", default="", help="folders put first on the Python stub's path")
     parser.add_argument("--design", default="", help="invariant_modules for e2e/speed when designs did not run")
+    parser.add_argument("--cuda-graphs", action="store_true", help="e2e with cuda_graphs when speed did not run")
     args = parser.parse_args(argv)
     phases = [p.strip() for p in args.phases.split(",") if p.strip()]
     unknown = set(phases) - set(PHASES)
@@ -135,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
 
     session = measure.Session(args.model_path, workload_args, report, seconds=args.seconds)
     chosen = {"spec": args.design} if args.design else None
+    graphs = args.cuda_graphs
 
     def run_designs() -> None:
         nonlocal chosen
@@ -151,14 +155,19 @@ def main(argv: list[str] | None = None) -> int:
             python_path=tuple(p for p in args.stub_python_path.split(os.pathsep) if p),
             work=Path(tempfile.mkdtemp(prefix="sd-gpu-e2e-")),  # not --out: only a few files may come back
             record=report.record,
+            cuda_graphs=graphs,
         )
+
+    def run_speed() -> None:
+        nonlocal graphs
+        graphs = session.speed((chosen or {}).get("spec") or session.default_spec(), CHECK_STEPS)
 
     steps: dict[str, tuple[float, Callable[[], None]]] = {
         "direct": (60, session.direct),
         "map": (30, session.variance_map),
         "designs": (60, run_designs),
+        "speed": (60, run_speed),
         "e2e": (90, run_e2e),
-        "speed": (40, lambda: session.speed((chosen or {}).get("spec") or session.default_spec(), CHECK_STEPS)),
     }
     session.load()
     for name in phases:

@@ -25,6 +25,7 @@ from embedded.triton_server import EmbeddedTriton, TritonStartError, copy_model_
 
 PARAMETER = '{ key: "invariant_modules" value: { string_value: "auto" } }'
 DYNAMIC_BATCHING = "dynamic_batching {"
+GRAPHS = '{ key: "cuda_graphs" value: { string_value: "false" } }'
 KIND_MODEL = "instance_group [ { kind: KIND_MODEL } ]\n"
 
 
@@ -68,16 +69,26 @@ async def determinism(url: str, workload: Workload, neighbours: int) -> dict[str
     return {"identical": amid[3] == alone, "neighbours": neighbours, "result_chars": len(alone)}
 
 
+def error_lines(log: str, limit: int = 3000) -> str:
+    """The lines of a Triton log that say what failed (its tail is mostly the settings table)."""
+    marks = ("E1", "E0", "rror", "Traceback", "No module", "cannot", "not found", "failed")
+    lines = [line for line in log.splitlines() if any(mark in line for mark in marks) and "|" not in line[:3]]
+    return "\n".join(lines)[-limit:]
+
+
 def start_triton(
-    model_path: Path, spec: str, python_path: tuple[str, ...], work: Path, instance_group: str
+    model_path: Path, spec: str, python_path: tuple[str, ...], work: Path, instance_group: str, cuda_graphs: bool
 ) -> EmbeddedTriton:
     replacements = {PARAMETER: PARAMETER.replace('"auto"', json.dumps(spec))}
+    if cuda_graphs:
+        replacements[GRAPHS] = GRAPHS.replace('"false"', '"true"')
     if instance_group:
         replacements[DYNAMIC_BATCHING] = instance_group + DYNAMIC_BATCHING
     repository = copy_model_repository(Path(tempfile.mkdtemp(dir=work)), replacements)
     triton = EmbeddedTriton.on_free_ports(repository, model_path, ready_timeout_s=600)
     triton.python_path = python_path
     triton.log_file = work / "triton.log"
+    triton.log_file.unlink(missing_ok=True)
     return triton.start()
 
 
@@ -89,18 +100,30 @@ def run(
     python_path: tuple[str, ...],
     work: Path,
     record: Callable[[str, Any], None],
+    cuda_graphs: bool = False,
     concurrencies: tuple[int, ...] = (1, 8),
     requests_per_client: int = 4,
 ) -> None:
     """Start Triton and the frontend, then record ``e2e.*`` figures one by one."""
     started = time.monotonic()
-    try:
-        triton = start_triton(model_path, spec, python_path, work, instance_group="")
-    except TritonStartError as exc:
-        # Triton places the instance itself (KIND_GPU per visible GPU); if that fails, let the model
-        # place itself (KIND_MODEL: model.py takes the first GPU) rather than lose the figures.
-        record("e2e.kind_gpu_failed", str(exc)[-2000:])
-        triton = start_triton(model_path, spec, python_path, work, instance_group=KIND_MODEL)
+    # Triton places the instance itself (KIND_GPU per visible GPU); if that fails, the model places
+    # itself (KIND_MODEL: model.py takes the first GPU); then without the stub's own numpy.
+    attempts = [
+        ("kind_gpu", "", python_path),
+        ("kind_model", KIND_MODEL, python_path),
+        ("machine_numpy", KIND_MODEL, ()),
+    ]
+    triton = None
+    for name, group, path in attempts:
+        try:
+            triton = start_triton(model_path, spec, path, work, group, cuda_graphs)
+            record("e2e.started_as", name)
+            break
+        except TritonStartError as exc:
+            log = (work / "triton.log").read_text(errors="replace") if (work / "triton.log").exists() else ""
+            record(f"e2e.failed.{name}", error_lines(log or str(exc)))
+    if triton is None:
+        raise RuntimeError("tritonserver did not start in any of the ways tried (e2e.failed)")
     frontend = Frontend(data_dir=work / "frontend", triton_grpc_url="")
     try:
         record("e2e.triton_ready_s", round(time.monotonic() - started, 1))
@@ -108,6 +131,7 @@ def run(
         frontend.settings = {"SD_TRITON_TIMEOUT_S": "600", "SD_MAX_INFERENCE_STEPS": "500"}
         frontend.start(timeout_s=120)
         record("e2e.invariant_modules", spec)
+        record("e2e.cuda_graphs", cuda_graphs)
         before = model_statistics(triton.http_url)
         for concurrency in concurrencies:
             # One warm-up round at this concurrency first, so no figure pays first-call costs.

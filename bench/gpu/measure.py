@@ -174,20 +174,43 @@ class Session:
         self.use(None, False)
         return chosen
 
-    def speed(self, spec: str, check_steps: int) -> None:
-        """Phase 5: channels_last on the chosen design (kept only if exact and faster); more batch sizes."""
+    def speed(self, spec: str, check_steps: int) -> bool:
+        """Phase 4: CUDA graphs, then channels_last, on the chosen design; more batch sizes.
+
+        Returns whether CUDA graphs were byte-identical (to eager, and alone vs. batched) and faster.
+        """
         import torch
+        from cuda_graphs import GraphedUNet
 
         assert self.direct_runner is not None
         self.use(spec, True)
-        self.throughput("speed.chosen", (8,))
+        self.throughput("speed.chosen", (1, 8))
         unet = self.runner.pipe.unet
+        use_graphs = False
+        if self.runner.device.type == "cuda":
+            eager = self.runner.run(self.direct_runner.call([0]))
+            unet.forward = GraphedUNet(unet.forward)
+            graphed = self.runner.run(self.direct_runner.call([0]))
+            self.report.record("speed.cuda_graphs.same_as_eager", bool(np.array_equal(graphed, eager)))
+            self.report.record("speed.cuda_graphs.check", self.identical(check_steps))
+            self.throughput("speed.cuda_graphs", (1, 8))
+            use_graphs = bool(
+                self.report_value("speed.cuda_graphs.same_as_eager")
+                and self.report_value("speed.cuda_graphs.check")["identical"]
+                and self.report_value("speed.cuda_graphs.b8")["images_per_s"]
+                > self.report_value("speed.chosen.b8")["images_per_s"]
+            )
+            self.report.record("speed.cuda_graphs.use", use_graphs)
+            self.use(spec, True)  # eager again for the next option
         unet.to(memory_format=torch.channels_last)
         try:
             self.report.record("speed.channels_last.check", self.identical(check_steps))
             self.throughput("speed.channels_last", (8,))
         finally:
             unet.to(memory_format=torch.contiguous_format)
-        if self.report.left_s() > 60:
-            self.throughput("speed.chosen", (2, 4, 16))
+        if self.report.left_s() > 120:
+            if use_graphs:
+                unet.forward = GraphedUNet(unet.forward)
+            self.throughput("speed.cuda_graphs" if use_graphs else "speed.chosen", (2, 4, 16))
         self.use(None, False)
+        return use_graphs

@@ -34,6 +34,12 @@ if [ -n "$STUB" ] && LD_LIBRARY_PATH="$LIBDIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PAT
 fi
 
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
+# What the stub's interpreter will import, in its order (its own numpy first): a failure shows here.
+"$PY" - "$STUB_SITE" <<'CHECK' || true
+import sys; sys.path.insert(0, sys.argv[1])
+import numpy, torch, diffusers, transformers
+print("stub-like imports:", numpy.__version__, torch.__version__, diffusers.__version__, transformers.__version__)
+CHECK
 PYTHONUNBUFFERED=1 "$PY" -m bench.gpu --model-path "$MODEL" --out "$OUT" --stub-python-path "$STUB_SITE" "$@"
 status=$?
 "$PY" -m bench.gpu.report "$OUT/gpu-report.json" --markdown "$OUT/gpu.md" || status=1

@@ -71,6 +71,9 @@ def parse_plan(value: str, device_type: str) -> InvariancePlan:
     return InvariancePlan(rows, pin_kernels=device_type == "cuda")
 
 
+_BLAS_DEFAULT: Any = None
+
+
 def pin_cuda_kernels(pinned: bool = True) -> dict[str, Any]:
     """Take away (or give back) the CUDA library choices that follow the problem's batch dimension.
 
@@ -83,6 +86,12 @@ def pin_cuda_kernels(pinned: bool = True) -> dict[str, Any]:
     torch.backends.cuda.matmul.allow_tf32 = False
     matmul = torch.backends.cuda.matmul
     split_k = "unsupported"
+    global _BLAS_DEFAULT
+    if torch.cuda.is_available():
+        if _BLAS_DEFAULT is None:
+            _BLAS_DEFAULT = torch.backends.cuda.preferred_blas_library()
+        # Only cuBLASLt takes the split-K switch (torch refuses it on plain cuBLAS at the first GEMM).
+        torch.backends.cuda.preferred_blas_library("cublaslt" if pinned else _BLAS_DEFAULT)
     try:  # torch >= 2.10: (allow reduced precision, allow split-K)
         matmul.allow_fp16_reduced_precision_reduction = (not pinned, not pinned)
         matmul.allow_bf16_reduced_precision_reduction = (not pinned, not pinned)
@@ -97,6 +106,7 @@ def pin_cuda_kernels(pinned: bool = True) -> dict[str, Any]:
         "tf32": torch.backends.cudnn.allow_tf32,
         "reduced_precision_reduction": bool(matmul.allow_fp16_reduced_precision_reduction),
         "split_k": split_k,
+        "blas": str(torch.backends.cuda.preferred_blas_library()),
     }
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 from batch_invariance import InvariancePlan, apply_plan, parse_plan, pin_cuda_kernels
+from cuda_graphs import GraphedUNet
 from diffusers import StableDiffusionImg2ImgPipeline
 
 from img2img_requests import PipelineCall, to_uint8
@@ -48,6 +49,7 @@ class Img2ImgRunner:
         dtype: torch.dtype,
         determinism: str = "batch_invariant",
         invariant_modules: str = "auto",
+        cuda_graphs: bool = False,
         local_files_only: bool = False,
     ) -> None:
         if determinism not in DETERMINISM_MODES:
@@ -72,6 +74,8 @@ class Img2ImgRunner:
             if self.plan.pin_kernels:
                 pin_cuda_kernels()
             apply_plan(self.pipe, self.plan)
+        if cuda_graphs and self.device.type == "cuda":
+            self.pipe.unet.forward = GraphedUNet(self.pipe.unet.forward)
         # Every scheduler is built once from the checkpoint's config, so a request can only name one that works.
         base = self.pipe.scheduler
         self._schedulers: dict[str, Any] = {"": base}

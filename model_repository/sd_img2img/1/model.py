@@ -124,6 +124,7 @@ class TritonPythonModel:
                 dtype=dtype,
                 determinism=determinism,
                 invariant_modules=invariant_modules,
+                cuda_graphs=_flag(_parameter(config, "cuda_graphs", "false")),
                 local_files_only=_flag(_parameter(config, "local_files_only", "false")),
             )
         except ValueError as exc:  # a bad parameter: name it rather than a traceback
