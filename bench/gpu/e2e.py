@@ -25,7 +25,7 @@ from embedded.triton_server import EmbeddedTriton, TritonStartError, copy_model_
 
 PARAMETER = '{ key: "invariant_modules" value: { string_value: "auto" } }'
 DYNAMIC_BATCHING = "dynamic_batching {"
-GRAPHS = '{ key: "cuda_graphs" value: { string_value: "false" } }'
+GRAPHS = '{ key: "cuda_graphs" value: { string_value: "auto" } }'
 KIND_MODEL = "instance_group [ { kind: KIND_MODEL } ]\n"
 
 
@@ -80,8 +80,7 @@ def start_triton(
     model_path: Path, spec: str, python_path: tuple[str, ...], work: Path, instance_group: str, cuda_graphs: bool
 ) -> EmbeddedTriton:
     replacements = {PARAMETER: PARAMETER.replace('"auto"', json.dumps(spec))}
-    if cuda_graphs:
-        replacements[GRAPHS] = GRAPHS.replace('"false"', '"true"')
+    replacements[GRAPHS] = GRAPHS.replace('"auto"', '"true"' if cuda_graphs else '"false"')
     if instance_group:
         replacements[DYNAMIC_BATCHING] = instance_group + DYNAMIC_BATCHING
     repository = copy_model_repository(Path(tempfile.mkdtemp(dir=work)), replacements)

@@ -43,6 +43,16 @@ def _ratio(a: Any, b: Any) -> str:
     return "-" if a is None or b is None or not b else f"{100 * a / b:.0f}%"
 
 
+def _last_error(text: str) -> str:
+    """The most telling line of a failure: the last one naming an error."""
+    lines = [line.strip() for line in text.replace("\\n", "\n").splitlines()]
+    for mark in ("Could not import", "what():", "ERROR:", "Error", "error"):
+        named = [line for line in lines if mark in line]
+        if named:
+            return named[-1][:300]
+    return (lines or ["?"])[-1][:300]
+
+
 def table(header: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
@@ -225,19 +235,35 @@ def render(data: dict[str, Any]) -> str:
         ]
     out += ["", "## 5. Speed options", ""]
     rows = []
-    for batch in ("b2", "b4", "b8", "b16"):
-        figures = _get(data, f"speed.chosen.{batch}")
-        if figures:
-            rows.append(["chosen design", batch[1:], _num(figures["images_per_s"]), "yes"])
-    cl = _get(data, "speed.channels_last")
-    if cl:
-        rows.append(
-            ["+ channels_last", "8", _num(_get(cl, "b8.images_per_s")), "yes" if _get(cl, "check.identical") else "no"]
-        )
-    out += table(["option", "batch", "images/s", "byte-identical"], rows) if rows else ["(not measured)"]
+    graphs_exact = bool(_get(data, "speed.cuda_graphs.same_as_eager")) and bool(
+        _get(data, "speed.cuda_graphs.check.identical")
+    )
+    options = (
+        ("chosen design, eager", "speed.chosen", True),
+        ("+ CUDA graphs", "speed.cuda_graphs", graphs_exact),
+        ("+ channels_last (eager)", "speed.channels_last", bool(_get(data, "speed.channels_last.check.identical"))),
+    )
+    for option, key, exact in options:
+        for batch in ("b1", "b2", "b4", "b8", "b16"):
+            figures = _get(data, f"{key}.{batch}")
+            if figures:
+                speed = [_num(figures["images_per_s"]), _num(figures["p50_ms"], 0)]
+                rows.append([option, batch[1:], *speed, "yes" if exact else "no"])
+    header = ["option", "batch", "images/s", "p50 ms per call", "byte-identical"]
+    out += table(header, rows) if rows else ["(not measured)"]
+    same = _get(data, "speed.cuda_graphs.same_as_eager")
+    if same is not None:
+        out += ["", "CUDA graphs vs. eager, same request: " + ("the same bytes." if same else "**different bytes**.")]
+    failed = _get(data, "e2e.failed") or {}
+    if failed:
+        out += ["", "## Why tritonserver did not serve", ""]
+        out += [f"- {name}: `{_last_error(text)}`" for name, text in failed.items()]
+        if _get(data, "e2e.started_as"):
+            crash = _last_error(_get(data, "e2e.triton_log_tail") or "")
+            out += [f"- {_get(data, 'e2e.started_as')}: started, then every inference failed: `{crash}`"]
     problems = {
         **(data.get("skipped") or {}),
-        **{k: v.strip().splitlines()[-1] for k, v in (data.get("errors") or {}).items()},
+        **{k: _last_error(v) for k, v in (data.get("errors") or {}).items()},
     }
     if problems:
         out += ["", "## Not measured", ""] + [f"- {k}: {v}" for k, v in problems.items()]

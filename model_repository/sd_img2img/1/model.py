@@ -112,6 +112,7 @@ class TritonPythonModel:
             )
 
         invariant_modules = _parameter(config, "invariant_modules", "auto")
+        graphs = _parameter(config, "cuda_graphs", "auto")
 
         self.logger.log_info(
             f"{self.model_name}: loading {model_path} on {device} as {dtype} "
@@ -124,7 +125,7 @@ class TritonPythonModel:
                 dtype=dtype,
                 determinism=determinism,
                 invariant_modules=invariant_modules,
-                cuda_graphs=_flag(_parameter(config, "cuda_graphs", "false")),
+                cuda_graphs=on_gpu if graphs == "auto" else _flag(graphs),
                 local_files_only=_flag(_parameter(config, "local_files_only", "false")),
             )
         except ValueError as exc:  # a bad parameter: name it rather than a traceback
