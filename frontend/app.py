@@ -54,6 +54,8 @@ def create_app(
 def setup_routes(app: web.Application) -> None:
     app.router.add_post("/predict", handlers.predict)
     app.router.add_get("/runs/{run_id}", handlers.get_run)
+    app.router.add_post("/runs/{run_id}/cancel", handlers.cancel_run)
+    app.router.add_get("/runs/{run_id}/events", handlers.run_events)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     app.router.add_get("/metrics", handlers.metrics)

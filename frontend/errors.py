@@ -75,6 +75,55 @@ class ResultExpired(ApiError):
         return {**self.run, **super().body()}
 
 
+class _WithRun(ApiError):
+    """An error about a run that carries the run's view (``error.run``)."""
+
+    def __init__(self, message: str, *, run: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+        super().__init__(message, param="run_id", headers=headers)
+        self.run = run
+
+    def body(self) -> dict[str, Any]:
+        body = super().body()
+        body["error"]["run"] = self.run
+        return body
+
+
+class RunFinished(_WithRun):
+    """Cancel of a run already in a final state; ``error.run`` is that state."""
+
+    status, code = 409, "run_finished"
+
+
+class RunCanceled(_WithRun):
+    """A synchronous run was canceled (on request, or past its Cancel-After while running)."""
+
+    status, code = 409, "run_canceled"
+
+
+class RunAborted(_WithRun):
+    """A synchronous run's Cancel-After passed before it reached the model."""
+
+    status, code = 409, "run_aborted"
+
+
+class IdempotencyKeyInUse(ApiError):
+    """The first request with this Idempotency-Key is still running: retry after Retry-After."""
+
+    status, code = 409, "idempotency_key_in_use"
+
+
+class IdempotencyKeyReused(ApiError):
+    """This Idempotency-Key was used with another request body."""
+
+    status, code = 422, "idempotency_key_reused"
+
+
+class RateLimited(ApiError):
+    """This API key is past its runs in flight or its request rate: retry after Retry-After."""
+
+    status, code = 429, "rate_limited"
+
+
 class MethodNotAllowed(ApiError):
     status, code = 405, "method_not_allowed"
 
@@ -109,6 +158,12 @@ ERROR_TABLE: list[tuple[int, str, str]] = [
         Unauthorized,
         NotFound,
         ResultExpired,
+        RunFinished,
+        RunCanceled,
+        RunAborted,
+        IdempotencyKeyInUse,
+        IdempotencyKeyReused,
+        RateLimited,
         MethodNotAllowed,
         BackendUnavailable,
         BackendTimeout,

@@ -29,6 +29,10 @@ class PredictBody(BaseModel):
     strength: float = Field(default=0.8, ge=0.0, le=1.0, description="How far from the init image (0..1).")
     scheduler: str = Field(default="", description="A diffusers scheduler name or alias; empty = model default.")
     output_format: Literal["png", "jpeg", "webp"] = "png"
+    cancel_after: str | float | None = Field(
+        default=None,
+        description="Deadline: 90s, 5m, 1h30m or seconds (1 s to 24 h); the Cancel-After header wins.",
+    )
 
     @model_validator(mode="after")
     def _needs_an_image(self) -> PredictBody:

@@ -26,6 +26,12 @@ CHANNEL_ARGS = [
     ("grpc.min_reconnect_backoff_ms", 500),
     ("grpc.max_reconnect_backoff_ms", 2000),
 ]
+
+
+class QueueDeadlineExpired(Exception):
+    """Triton dropped the request from its queue at the per-request timeout: it never reached the model."""
+
+
 _INVALID_INPUT = re.compile(r"invalid input '(?P<name>\w+)': (?P<detail>.*)", re.DOTALL)
 
 
@@ -53,7 +59,7 @@ def map_error(exc: InferenceServerException) -> ApiError:
     if "UNAVAILABLE" in status or "is not healthy" in message or "not ready" in message or "NOT_FOUND" in status:
         return BackendUnavailable("the model is not available; retry later")
     if "CANCELLED" in status:
-        return BackendUnavailable("the generation was cancelled; retry")
+        return BackendUnavailable("the generation was cancelled by the server; retry")
     return GenerationFailed("the model failed to generate the images")
 
 
@@ -81,8 +87,16 @@ class TritonBackend:
             self._client = None
 
     async def generate(
-        self, job: GenerationInput, *, timeout_s: float | None = None, request_id: str = ""
+        self,
+        job: GenerationInput,
+        *,
+        timeout_s: float | None = None,
+        request_id: str = "",
+        queue_timeout_s: float | None = None,
     ) -> Generated:
+        """``queue_timeout_s``: Triton drops the request if it is still queued then (QueueDeadlineExpired);
+        it bounds the wait in the queue only, never a running generation. Cancelling the awaiting task
+        cancels the gRPC call, which Triton honours in its queue and the model at its next step."""
         health = self.health
         health.in_flight += 1
         try:
@@ -91,8 +105,12 @@ class TritonBackend:
                 build_inputs(job),
                 request_id=request_id,
                 client_timeout=timeout_s or self.timeout_s,
+                # Microseconds; honoured because config.pbtxt's queue policy allows overriding its default.
+                timeout=None if queue_timeout_s is None else max(1, int(queue_timeout_s * 1e6)),
             )
         except InferenceServerException as exc:
+            if "timeout expired" in (exc.message() or "").lower():
+                raise QueueDeadlineExpired(exc.message()) from None
             error = map_error(exc)
             if is_death(exc):
                 health.dead_at, health.dead_reason = time.monotonic(), error.message

@@ -2,7 +2,16 @@
 and a direct-to-Triton mode. It imports nothing from the server."""
 
 from .client import AsyncImg2ImgClient, Img2ImgClient
-from .models import Img2ImgError, Img2ImgRequest, Img2ImgResult, RunAccepted, RunStatus
+from .models import (
+    Img2ImgError,
+    Img2ImgRequest,
+    Img2ImgResult,
+    RunAccepted,
+    RunEvent,
+    RunStatus,
+    format_duration,
+    parse_duration,
+)
 from .webhooks import WebhookVerificationError, verify_webhook
 
 __all__ = [
@@ -12,7 +21,10 @@ __all__ = [
     "Img2ImgRequest",
     "Img2ImgResult",
     "RunAccepted",
+    "RunEvent",
     "RunStatus",
     "WebhookVerificationError",
+    "format_duration",
+    "parse_duration",
     "verify_webhook",
 ]

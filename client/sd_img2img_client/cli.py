@@ -5,8 +5,10 @@
 
 The service URL and key come from ``--url``/``--api-key`` or ``IMG2IMG_URL``/``IMG2IMG_API_KEY``.
 Images are written as ``<run_id>_<seed>.<ext>`` in ``--out-dir``; their paths are printed, one a line.
-A spinner shows on a terminal (stderr) and stays quiet when piped. Exit status: 0 done, 1 the service
-refused or failed (its message is printed), 2 bad usage.
+The run is submitted and followed through its events; ``--cancel-after 2m`` gives it a deadline, and
+Ctrl-C cancels it. A spinner shows on a terminal (stderr) and stays quiet when piped. Exit status: 0 done,
+1 the service refused, or the run failed, was canceled or aborted (its reason is printed), 2 bad usage,
+130 interrupted (the run is canceled).
 """
 
 from __future__ import annotations
@@ -16,13 +18,23 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from rich.console import Console
 
 from .client import DEFAULT_URL, Img2ImgClient
-from .models import Img2ImgError, Img2ImgRequest, Img2ImgResult, RunAccepted
+from .models import Img2ImgError, Img2ImgRequest, Img2ImgResult, RunStatus, parse_duration
+
+INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+
+
+def _duration(text: str) -> str:
+    try:
+        parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text.strip()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,6 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--format", dest="output_format", choices=["png", "jpeg", "webp"], default="png")
     parser.add_argument("--webhook", dest="webhook_endpoint", default=None, help="POST the result there instead")
     parser.add_argument("--wait", action="store_true", help="with --webhook: also wait for the run and save it")
+    parser.add_argument(
+        "--cancel-after",
+        type=_duration,
+        default=None,
+        metavar="DURATION",
+        help="deadline, e.g. 90s, 2m, 1h30m: the service cancels the run (or aborts it if still queued) then",
+    )
     parser.add_argument("-o", "--out-dir", type=Path, default=Path("."))
     parser.add_argument("--json", action="store_true", help="print the service's raw JSON answer to stdout")
     parser.add_argument("--url", default=os.environ.get("IMG2IMG_URL", DEFAULT_URL), help="service URL")
@@ -55,13 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 @contextlib.contextmanager
-def progress(console: Console, message: str) -> Iterator[None]:
-    """A spinner on a terminal; nothing when stderr is piped or redirected."""
+def progress(console: Console, message: str) -> Iterator[Callable[[str], None]]:
+    """A spinner on a terminal; nothing when stderr is piped or redirected. Yields a function that
+    changes its message."""
     if console.is_terminal:
-        with console.status(message):
-            yield
+        with console.status(message) as status:
+            yield lambda text: status.update(text)
     else:
-        yield
+        yield lambda text: None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False)
         return 1
+    except KeyboardInterrupt:
+        err.print("interrupted", highlight=False)
+        return INTERRUPTED
 
 
 def _request(args: argparse.Namespace) -> Img2ImgRequest:
@@ -102,19 +125,47 @@ def run_service(args: argparse.Namespace, err: Console) -> int:
         raise Img2ImgError("no API key: pass --api-key or set IMG2IMG_API_KEY")
     request = _request(args)
     with Img2ImgClient(args.url, args.api_key, timeout_s=args.timeout) as client:
-        with progress(err, "generating..."):
-            answer = client.generate(request)
-        if isinstance(answer, RunAccepted):
-            if not args.wait:
-                print(json.dumps(answer.raw) if args.json else f"{answer.run_id} {answer.message}")
-                return 0
-            with progress(err, f"waiting for run {answer.run_id}..."):
-                status = client.wait_for_run(answer.run_id, timeout_s=args.timeout)
-            if status.result is None:
-                error = status.error or {}
-                raise Img2ImgError(error.get("message", f"run ended {status.status}"), code=error.get("code"))
-            answer = status.result
-    return _report(answer, args)
+        with progress(err, "submitting..."):
+            if args.webhook_endpoint:
+                answer = client.generate(request, cancel_after=args.cancel_after)
+            else:
+                answer = client.submit(request, cancel_after=args.cancel_after)
+        if isinstance(answer, Img2ImgResult):
+            return _report(answer, args)
+        if args.webhook_endpoint and not args.wait:
+            print(json.dumps(answer.raw) if args.json else f"{answer.run_id} {answer.message}")
+            return 0
+        return _follow(client, answer.run_id, args, err)
+
+
+def _follow(client: Img2ImgClient, run_id: str, args: argparse.Namespace, err: Console) -> int:
+    """Follow a run's events to its end and report it; Ctrl-C cancels it."""
+    final: RunStatus | None = None
+    try:
+        with progress(err, f"run {run_id}: queued...") as update, contextlib.closing(client.events(run_id)) as events:
+            for event in events:
+                update(f"run {run_id}: {event.status}...")
+                if event.final:
+                    final = event.run
+                    break
+    except KeyboardInterrupt:
+        try:
+            status = client.cancel(run_id)
+        except Img2ImgError as exc:
+            err.print(f"interrupted; could not cancel run {run_id}: {exc}", highlight=False)
+            return INTERRUPTED
+        err.print(f"canceled run {run_id} (status: {status.status})", highlight=False)
+        if args.json:
+            print(json.dumps(status.raw))
+        return INTERRUPTED
+    if final is None:
+        raise Img2ImgError(f"the events of run {run_id} ended before a final status")
+    if final.result is not None:
+        return _report(final.result, args)
+    if args.json:
+        print(json.dumps(final.raw))
+    err.print(f"[bold red]error:[/] {final.reason}", highlight=False, markup=True)
+    return 1
 
 
 def _report(result: Img2ImgResult, args: argparse.Namespace) -> int:

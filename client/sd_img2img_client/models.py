@@ -3,12 +3,46 @@
 from __future__ import annotations
 
 import base64
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 OutputFormat = Literal["png", "jpeg", "webp"]
 EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
+FINAL_STATUSES = frozenset({"succeeded", "failed", "canceled", "aborted"})
+# ``Cancel-After``'s grammar: ``90s``, ``5m``, ``1h30m``, ``1.5s``, or a bare number of seconds.
+_DURATION = re.compile(r"(?:(?P<h>\d+(?:\.\d+)?)h)?(?:(?P<m>\d+(?:\.\d+)?)m)?(?:(?P<s>\d+(?:\.\d+)?)s)?")
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+def parse_duration(value: float | str) -> float:
+    """Seconds in ``value``: a number of seconds, or ``90s``, ``2m``, ``1h30m``, ``1.5s``, ``"120"``."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a duration: {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        text = value.strip()
+        match = _DURATION.fullmatch(text)
+        if _NUMBER.fullmatch(text):
+            seconds = float(text)
+        elif text and match is not None:
+            seconds = sum(float(match[unit] or 0) * scale for unit, scale in (("h", 3600), ("m", 60), ("s", 1)))
+        else:
+            raise ValueError(f"not a duration: {value!r} (e.g. 90s, 2m, 1h30m, or seconds)")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"a duration must be positive: {value!r}")
+    return seconds
+
+
+def format_duration(value: float | str) -> str:
+    """``Cancel-After``'s value: seconds as ``90s``/``1.5s``; a duration string is checked and sent as written."""
+    seconds = parse_duration(value)
+    if isinstance(value, str):
+        return value.strip()
+    return f"{int(seconds)}s" if seconds.is_integer() else f"{seconds!r}s"
 
 
 @dataclass(frozen=True)
@@ -96,7 +130,7 @@ class Img2ImgResult:
 
 @dataclass(frozen=True)
 class RunAccepted:
-    """The 202 answer when ``webhook_endpoint`` is set: the result will be POSTed there."""
+    """The 202 answer when ``webhook_endpoint`` is set (the result will be POSTed there) or to ``submit``."""
 
     run_id: str
     message: str
@@ -109,7 +143,7 @@ class RunStatus:
     """``GET /runs/{run_id}``."""
 
     run_id: str
-    status: str  # queued, processing, succeeded, failed
+    status: str  # queued, processing, then succeeded, failed, canceled or aborted
     result: Img2ImgResult | None
     error: dict[str, Any] | None
     webhook: dict[str, Any] | None
@@ -117,7 +151,21 @@ class RunStatus:
 
     @property
     def finished(self) -> bool:
-        return self.status in {"succeeded", "failed"}
+        return self.status in FINAL_STATUSES
+
+    @property
+    def reason(self) -> str:
+        """Why a run did not succeed, in words (its error's message when it has one)."""
+        error = self.error if isinstance(self.error, dict) else {}
+        if error.get("message"):
+            return f"run {self.run_id} {self.status}: {error['message']}"
+        if self.status == "aborted":
+            after = self.raw.get("cancel_after_s")
+            when = f" ({after} s)" if after is not None else ""
+            return f"run {self.run_id} aborted: its deadline{when} passed before it started"
+        if self.status == "canceled" and self.raw.get("cancel_after_s") is not None:
+            return f"run {self.run_id} canceled (deadline {self.raw['cancel_after_s']} s, or on request)"
+        return f"run {self.run_id} {self.status}"
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunStatus:
@@ -125,14 +173,34 @@ class RunStatus:
         return cls(data["run_id"], data["status"], result, data.get("error"), data.get("webhook"), data)
 
 
+@dataclass(frozen=True)
+class RunEvent:
+    """One event of ``GET /runs/{run_id}/events``: its ``id``, the ``status`` it announces and the run's view."""
+
+    id: int
+    status: str
+    run: RunStatus
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL_STATUSES or self.run.finished
+
+
 class Img2ImgError(Exception):
-    """An error answer from the service (``{"error": {"code", "message", "param"}}``) or the transport."""
+    """An error answer from the service (``{"error": {"code", "message", "param"}}``) or the transport.
+    ``run`` is the run's view when the error carries one (``run_canceled``, ``run_aborted``, ``run_finished``)."""
 
     def __init__(
-        self, message: str, *, status: int | None = None, code: str | None = None, param: str | None = None
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        param: str | None = None,
+        run: RunStatus | None = None,
     ) -> None:
         super().__init__(message)
-        self.message, self.status, self.code, self.param = message, status, code, param
+        self.message, self.status, self.code, self.param, self.run = message, status, code, param, run
 
     def __str__(self) -> str:
         where = f" (param: {self.param})" if self.param else ""

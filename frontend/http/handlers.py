@@ -4,15 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+import uuid
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..app_keys import METRICS, READINESS, RUNS, SETTINGS
-from ..errors import BackendUnavailable, InvalidJson, NotFound
+from ..errors import (
+    ApiError,
+    BackendUnavailable,
+    IdempotencyKeyInUse,
+    IdempotencyKeyReused,
+    InvalidJson,
+    NotFound,
+    RunFinished,
+)
+from ..runs import control
+from ..runs.execute import RunStopped, RunTakenOver
 from ..runs.recovery import consume_outcome
-from ..runs.service import ACCEPTED_MESSAGE
+from ..runs.service import ACCEPTED_MESSAGE, QUEUED_MESSAGE, RunService, answer_of
+from ..runs.view import run_view
 from ..schemas import parse_body
 from ..store import RunStatus
 from .middlewares import KEY_HASH
@@ -35,24 +48,184 @@ async def read_json(request: web.Request) -> Any:
         raise InvalidJson(f"the body is not valid JSON: {exc}") from None
 
 
+# How often a synchronous request looks whether its client is still connected.
+DISCONNECT_POLL_S = 0.2
+
+
 async def predict(request: web.Request) -> web.Response:
-    runs = request.app[RUNS]
-    body = parse_body(await read_json(request), request.app[SETTINGS])
-    prepared = await runs.prepare(body)
-    lease = await runs.create(prepared, request[KEY_HASH])
-    task = runs.start(prepared.run_id, lease, prepared.params, prepared.image, prepared.webhook_endpoint)
-    if prepared.webhook_endpoint is not None:
+    runs, key_hash = request.app[RUNS], request[KEY_HASH]
+    data = await read_json(request)
+    fields = data if isinstance(data, dict) else {}
+    respond_async = "respond-async" in request.headers.get("Prefer", "").lower()
+    key = control.idempotency_key(request.headers.get("Idempotency-Key"))
+    cancel_after_s = control.cancel_after(request.headers.get("Cancel-After"), fields)
+    body = parse_body(data, request.app[SETTINGS])
+    run_id = str(uuid.uuid4())
+    # 1. The same Idempotency-Key again: the first answer, never a second generation.
+    if key is not None:
+        first = await runs.claim_key(key_hash, key, control.fingerprint(data, respond_async), run_id)
+        if first is not None:
+            return await _replay(runs, key_hash, key, first, control.fingerprint(data, respond_async))
+    # 2. Admit (per-key fairness), prepare and record; nothing of a refused request is kept.
+    try:
+        limits = runs.fairness.admit(key_hash)
+    except ApiError:
+        if key is not None:
+            await runs.store.release_idempotency(key_hash, key)
+        raise
+    try:
+        prepared = await runs.prepare(body, run_id)
+        if respond_async and prepared.webhook_endpoint is None:
+            prepared.params["respond_async"] = True
+        if cancel_after_s is not None:
+            prepared.params.update(cancel_after_s=cancel_after_s, deadline=time.time() + cancel_after_s)
+        lease = await runs.create(prepared, key_hash)
+    except BaseException:
+        runs.fairness.done(key_hash)
+        if key is not None:
+            await runs.store.release_idempotency(key_hash, key)
+        raise
+    task = runs.start(run_id, lease, prepared.params, prepared.image, prepared.webhook_endpoint, key_hash)
+    # 3. Background runs answer at once.
+    if prepared.background:
         task.add_done_callback(consume_outcome)
         answer: dict[str, Any] = {
-            "run_id": prepared.run_id,
-            "message": ACCEPTED_MESSAGE,
+            "run_id": run_id,
+            "message": ACCEPTED_MESSAGE if prepared.webhook_endpoint else QUEUED_MESSAGE.format(run_id=run_id),
             "status": str(RunStatus.QUEUED),
         }
         if prepared.warnings:
             answer["warnings"] = prepared.warnings
-        return web.json_response(answer, status=202, headers={"Location": f"/runs/{prepared.run_id}"})
-    # Shielded: if the client hangs up, the run still finishes and is stored.
-    return web.json_response(await asyncio.shield(task))
+        if key is not None:
+            await runs.store.answer_idempotency(key_hash, key, 202, json.dumps(answer))
+        return web.json_response(answer, status=202, headers={"Location": f"/runs/{run_id}", **limits})
+    # 4. Synchronous: wait, unless the caller hangs up. Then nobody can fetch a result whose run id they
+    #    never got, so the run is canceled, unless a retry with the same Idempotency-Key will ask for it.
+    if not await _finished_or_gone(request, task):
+        if key is None:
+            await runs.cancel(run_id, key_hash, reason="the client disconnected")
+        else:
+            asyncio.create_task(_remember_answer(runs, task, key_hash, key, run_id), name=f"idempotent-{run_id}")
+        return web.Response(status=499)  # nobody reads it: the connection is gone
+    try:
+        status, payload = await _answer(runs, task, key_hash, run_id)
+    except ApiError as error:
+        if key is not None:
+            await _remember_error(runs, key_hash, key, error)
+        raise
+    if key is not None:
+        await runs.store.answer_idempotency(key_hash, key, status, json.dumps(payload))
+    return web.json_response(payload, status=status, headers=limits)
+
+
+async def _remember_error(runs: RunService, key_hash: str, key: str, error: ApiError) -> None:
+    """A failure is the answer to replay, unless it says "not now" (503, 429): then the key is freed, so
+    a retry with it (what clients do on those) generates rather than replays the refusal."""
+    if error.status in (429, 503):
+        await runs.store.release_idempotency(key_hash, key)
+    else:
+        await runs.store.answer_idempotency(key_hash, key, error.status, json.dumps(error.body()))
+
+
+async def _finished_or_gone(request: web.Request, task: asyncio.Task[dict[str, Any]]) -> bool:
+    """True when ``task`` finished; False as soon as the client's connection closed."""
+    while not task.done():
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            return False
+        await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+    return True
+
+
+async def _answer(
+    runs: RunService, task: asyncio.Task[dict[str, Any]], key_hash: str, run_id: str
+) -> tuple[int, dict[str, Any]]:
+    if not task.cancelled():
+        error = task.exception()
+        if error is None:
+            return 200, task.result()
+        if isinstance(error, ApiError) and not isinstance(error, RunStopped | RunTakenOver):
+            raise error  # as it happened here, headers (Retry-After) and all
+    return await runs.outcome(run_id, key_hash)  # stopped, or taken over: as the record says
+
+
+async def _remember_answer(
+    runs: RunService, task: asyncio.Task[dict[str, Any]], key_hash: str, key: str, run_id: str
+) -> None:
+    await asyncio.wait({task})
+    try:
+        status, payload = await _answer(runs, task, key_hash, run_id)
+    except ApiError as error:
+        await _remember_error(runs, key_hash, key, error)
+        return
+    await runs.store.answer_idempotency(key_hash, key, status, json.dumps(payload))
+
+
+async def _replay(runs: RunService, key_hash: str, key: str, first: Any, fingerprint: str) -> web.Response:
+    if first.fingerprint != fingerprint:
+        raise IdempotencyKeyReused(
+            f"Idempotency-Key {key!r} was used with another request body; send a new key for a new request",
+            param="Idempotency-Key",
+        )
+    status, body = first.response_status, first.response_body
+    if status is None:  # the first is running; or its replica died before it answered
+        run = await runs.store.get_run(first.run_id, key_hash)
+        if run is None or not run.status.is_terminal:
+            raise IdempotencyKeyInUse(
+                f"the first request with Idempotency-Key {key!r} (run {first.run_id}) is still running",
+                param="Idempotency-Key",
+                headers={"Retry-After": "1"},
+            )
+        status, payload = answer_of(run, run_view(run, await runs.store.delivery_for_run(run.id)))
+        body = json.dumps(payload)
+    return web.Response(
+        status=status, body=body, content_type="application/json", headers={"Idempotent-Replayed": "true"}
+    )
+
+
+async def cancel_run(request: web.Request) -> web.Response:
+    run_id = request.match_info["run_id"]
+    view, stopped = await request.app[RUNS].cancel(run_id, request[KEY_HASH])
+    if not stopped:
+        raise RunFinished(f"run {run_id} had already finished: {view['status']}", run=view)
+    return web.json_response(view)
+
+
+async def run_events(request: web.Request) -> web.StreamResponse:
+    """Server-Sent Events of the run's status changes, ending after the final one (``runs/control.py``)."""
+    run_id, key_hash, store = request.match_info["run_id"], request[KEY_HASH], request.app[RUNS].store
+    run = await store.get_run(run_id, key_hash)
+    if run is None:
+        raise NotFound(f"no run {run_id!r} for this API key", param="run_id")
+    try:
+        seen = int(request.headers.get("Last-Event-ID", "0"))
+    except ValueError:
+        seen = 0
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
+    await response.prepare(request)
+    settings = request.app[SETTINGS]
+    quiet_since = time.monotonic()
+    while run is not None:
+        for event in control.events_so_far(run):
+            if event.id <= seen:
+                continue
+            if event.id == control.FINAL_EVENT_ID:
+                data = run_view(run, await store.delivery_for_run(run_id))
+            else:
+                data = {"run_id": run_id, "status": str(event.status), "created_at": run.created_at}
+            await response.write(f"id: {event.id}\nevent: {event.status}\ndata: {json.dumps(data)}\n\n".encode())
+            seen, quiet_since = event.id, time.monotonic()
+        if run.status.is_terminal:
+            break
+        if time.monotonic() - quiet_since > settings.events_keepalive_s:
+            await response.write(b": keep-alive\n\n")
+            quiet_since = time.monotonic()
+        await asyncio.sleep(settings.events_poll_s)
+        run = await store.get_run(run_id, key_hash)
+    await response.write_eof()
+    return response
 
 
 async def get_run(request: web.Request) -> web.Response:

@@ -59,6 +59,30 @@ def _errors(*statuses: int) -> dict[str, Any]:
     return out
 
 
+RUN_ID = {"name": "run_id", "in": "path", "required": True, "schema": {"type": "string"}}
+RUN_VIEW = _json({"type": "object", "required": ["run_id", "status"]})
+PREDICT_HEADERS = [
+    {
+        "name": "Idempotency-Key",
+        "in": "header",
+        "description": "Replays the first answer for the same key and body (per API key, kept 24 h)",
+        "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+    },
+    {
+        "name": "Cancel-After",
+        "in": "header",
+        "description": "Deadline: 90s, 5m, 1h30m or seconds; waiting past it = aborted, running = canceled",
+        "schema": {"type": "string"},
+    },
+    {
+        "name": "Prefer",
+        "in": "header",
+        "description": "respond-async: answer 202 at once; follow /runs/{run_id} or its events",
+        "schema": {"type": "string"},
+    },
+]
+
+
 def openapi_document(settings: Settings) -> dict[str, Any]:
     body_schema = PredictBody.model_json_schema(ref_template="#/components/schemas/{model}")
     body_schema["properties"]["num_inference_steps"]["maximum"] = settings.max_inference_steps
@@ -79,14 +103,15 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 "post": {
                     "summary": "Generate images from a prompt and an init image",
                     "security": secured,
+                    "parameters": PREDICT_HEADERS,
                     "requestBody": {"required": True, **_json({"$ref": "#/components/schemas/PredictBody"})},
                     "responses": {
                         "200": {"description": "Generated", **_json({"$ref": "#/components/schemas/Result"})},
                         "202": {
-                            "description": "Accepted (webhook_endpoint given); the result is POSTed there",
+                            "description": "Accepted (webhook_endpoint, or Prefer: respond-async)",
                             **_json({"type": "object", "required": ["run_id", "message", "status"]}),
                         },
-                        **_errors(400, 401, 413, 415, 422, 500, 503, 504),
+                        **_errors(400, 401, 409, 413, 415, 422, 429, 500, 503, 504),
                     },
                 }
             },
@@ -94,12 +119,28 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 "get": {
                     "summary": "A run's status and, once done, its result or error",
                     "security": secured,
-                    "parameters": [{"name": "run_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                    "parameters": [RUN_ID],
+                    "responses": {"200": {"description": "The run", **RUN_VIEW}, **_errors(401, 404, 410)},
+                }
+            },
+            "/runs/{run_id}/cancel": {
+                "post": {
+                    "summary": "Stop a run: never sent, dropped from Triton's queue, or stopped at the next step",
+                    "security": secured,
+                    "parameters": [RUN_ID],
+                    "responses": {"200": {"description": "Canceled", **RUN_VIEW}, **_errors(401, 404, 409)},
+                }
+            },
+            "/runs/{run_id}/events": {
+                "get": {
+                    "summary": "Server-Sent Events of the run's status changes; resumable with Last-Event-ID",
+                    "security": secured,
+                    "parameters": [
+                        RUN_ID,
+                        {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"}},
+                    ],
                     "responses": {
-                        "200": {
-                            "description": "The run",
-                            **_json({"type": "object", "required": ["run_id", "status"]}),
-                        },
+                        "200": {"description": "text/event-stream", "content": {"text/event-stream": {}}},
                         **_errors(401, 404),
                     },
                 }

@@ -18,12 +18,17 @@ from ..generation import Generated, GenerationInput
 from ..metrics import Metrics
 from ..settings import Settings
 from ..store import Lease, LeaseLost, RunStatus, RunStore
-from ..triton_backend import TritonBackend
+from ..triton_backend import QueueDeadlineExpired, TritonBackend
 from ..webhooks import WebhookDeliverer
 
 log = logging.getLogger("frontend.runs")
 SUCCESS_MESSAGE = "Successfully generated image"
 FAILURE_MESSAGE = "Failed to generate image"
+CANCELED_MESSAGE = "The run was canceled"
+ABORTED_MESSAGE = "The run was aborted: its Cancel-After passed before it reached the model"
+# Triton drops a request still queued at the deadline itself (it then never used the model); past the
+# deadline by this much, a request that is running is cancelled from here.
+DEADLINE_GRACE_S = 0.25
 
 
 def ms_since(start: float) -> float:
@@ -46,6 +51,19 @@ def generation_input(params: dict[str, Any], image: np.ndarray) -> GenerationInp
 
 def failure_body(run_id: str, error: ApiError) -> dict[str, Any]:
     return {"run_id": run_id, "message": FAILURE_MESSAGE, **error.body()}
+
+
+def stopped_body(run_id: str, status: RunStatus, reason: str) -> dict[str, Any]:
+    message = ABORTED_MESSAGE if status == RunStatus.ABORTED else CANCELED_MESSAGE
+    return {"run_id": run_id, "message": message, "reason": reason}
+
+
+class RunStopped(ApiError):
+    """The run ended ``canceled`` or ``aborted`` (its deadline): recorded; the caller answers with its view."""
+
+    def __init__(self, run_id: str, status: RunStatus) -> None:
+        super().__init__(f"run {run_id} was {status}")
+        self.run_status = status
 
 
 @dataclass
@@ -87,12 +105,27 @@ class RunExecutor:
     ) -> dict[str, Any]:
         """Returns the answer body; raises ApiError for a failed run (stored and announced first)."""
         # 1. Mark it started (synchronous runs are created 'processing').
-        if webhook_endpoint is not None:
+        background = webhook_endpoint is not None or bool(params.get("respond_async"))
+        if background:
             await self._fenced(run_id, self.store.mark_processing(run_id, lease.current))
-        # 2. Generate.
+        # 2. Generate, within the run's deadline (Cancel-After) if it has one.
         started = time.perf_counter()
+        job, retry = generation_input(params, image), background
+        in_triton = [False]
         try:
-            generated = await self._generate(run_id, generation_input(params, image), webhook_endpoint is not None)
+            deadline = params.get("deadline")
+            if deadline is None:
+                generated = await self._generate(run_id, job, retry, None, in_triton)
+            elif deadline <= time.time():
+                raise QueueDeadlineExpired("the deadline passed before the run was sent")
+            else:
+                wait_s = deadline - time.time() + DEADLINE_GRACE_S
+                generated = await asyncio.wait_for(self._generate(run_id, job, retry, deadline, in_triton), wait_s)
+        except QueueDeadlineExpired:
+            return await self.stop(run_id, RunStatus.ABORTED, "its Cancel-After passed before it reached the model")
+        except TimeoutError:  # ours: Triton's own queue timeout fires first for a request still queued
+            status = RunStatus.CANCELED if in_triton[0] else RunStatus.ABORTED
+            return await self.stop(run_id, status, "its Cancel-After passed")
         except ApiError as exc:
             return await self.fail(run_id, lease, exc, webhook_endpoint)
         triton_ms = ms_since(started)
@@ -108,13 +141,20 @@ class RunExecutor:
         log.info("run succeeded", extra={"run_id": run_id, "run_time_ms": body["run_time_ms"]})
         return body
 
-    async def _generate(self, run_id: str, job: GenerationInput, retry: bool) -> Generated:
+    async def _generate(
+        self, run_id: str, job: GenerationInput, retry: bool, deadline: float | None, in_triton: list[bool]
+    ) -> Generated:
         """An accepted webhook run waits out a full queue or a restarting server instead of failing."""
         retry_until = time.monotonic() + (self.settings.async_retry_window_s if retry else 0.0)
         while True:
+            queue_timeout_s = None if deadline is None else deadline - time.time()
+            if queue_timeout_s is not None and queue_timeout_s <= 0:
+                raise QueueDeadlineExpired("the deadline passed while waiting to retry")
+            in_triton[0] = True
             try:
-                return await self.backend.generate(job, request_id=run_id)
+                return await self.backend.generate(job, request_id=run_id, queue_timeout_s=queue_timeout_s)
             except BackendUnavailable:
+                in_triton[0] = False
                 if time.monotonic() >= retry_until:
                     raise
                 log.info("backend unavailable; retrying run", extra={"run_id": run_id})
@@ -159,6 +199,14 @@ class RunExecutor:
         self.deliverer.wake()
         log.info("run failed: %s", exc.message, extra={"run_id": run_id, "code": exc.code})
         raise exc
+
+    async def stop(self, run_id: str, status: RunStatus, reason: str) -> dict[str, Any]:
+        """Record ``canceled``/``aborted`` (whoever holds the run: a stop outranks the lease), announce it."""
+        await self.store.stop_run(run_id, None, status, stopped_body(run_id, status, reason))
+        self.metrics.runs.labels(str(status)).inc()
+        self.deliverer.wake()
+        log.info("run %s: %s", status, reason, extra={"run_id": run_id})
+        raise RunStopped(run_id, status)
 
     async def _fenced(self, run_id: str, write: Awaitable[None]) -> None:
         """A write refused by fencing means another replica owns the run now: stop, store nothing."""

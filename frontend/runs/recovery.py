@@ -55,6 +55,7 @@ async def keep_leases(
     while True:
         try:
             await store.renew_leases(runs.owner, settings.lease_s)
+            await runs.stop_finished_elsewhere()
             await resume_unfinished(runs, store, settings, metrics)
         except Exception:  # the loop must outlive a database hiccup: leases lapse, peers take over
             log.exception("lease loop error")

@@ -19,7 +19,9 @@ async def expire_once(store: RunStore, settings: Settings, metrics: Metrics) -> 
     """Batches until a short one; (results, runs) deleted."""
     results = runs = 0
     while True:
-        expired = await store.expire(time.time(), settings.result_ttl_s, settings.run_ttl_s)
+        expired = await store.expire(
+            time.time(), settings.result_ttl_s, settings.run_ttl_s, idempotency_ttl_s=settings.idempotency_ttl_s
+        )
         results, runs = results + expired.results, runs + expired.runs
         if expired.results < RETENTION_BATCH and expired.runs < RETENTION_BATCH:
             break

@@ -14,18 +14,21 @@ import aiohttp
 import numpy as np
 
 from .. import images
-from ..errors import InvalidRequest, ResultExpired
+from ..errors import ERROR_TABLE, ApiError, InvalidRequest, NotFound, ResultExpired, RunAborted, RunCanceled
+from ..fairness import Fairness
 from ..fetch import check_url, fetch_file_url
 from ..metrics import Metrics
 from ..netguard import host_denial_reason
 from ..schemas import PredictBody
 from ..settings import Settings
-from ..store import Lease, RunStatus, RunStore
-from .execute import HeldLease, RunExecutor, ms_since
+from ..store import IdempotencyRecord, Lease, Run, RunStatus, RunStore
+from .execute import HeldLease, RunExecutor, ms_since, stopped_body
 from .view import run_view
 
 log = logging.getLogger("frontend.runs")
 ACCEPTED_MESSAGE = "Run accepted; the result will be POSTed to webhook_endpoint"
+QUEUED_MESSAGE = "Run accepted; follow it at /runs/{run_id} or /runs/{run_id}/events"
+_STATUS_OF_CODE = {code: status for status, code, _ in ERROR_TABLE}
 BOTH_SOURCES_WARNING = "both image and file_url were sent: image was used, file_url was not fetched"
 
 
@@ -36,6 +39,11 @@ class PreparedRun:
     image: np.ndarray
     webhook_endpoint: str | None
     warnings: list[str] = field(default_factory=list)
+
+    @property
+    def background(self) -> bool:
+        """Answered 202 at once (a webhook, or ``Prefer: respond-async``): resumable after a crash."""
+        return self.webhook_endpoint is not None or bool(self.params.get("respond_async"))
 
 
 class RunService:
@@ -58,10 +66,14 @@ class RunService:
         self.owner = owner  # this replica: the holder of the leases on the runs it accepts
         self._tasks: dict[str, asyncio.Task[dict[str, Any]]] = {}
         self._leases: dict[str, HeldLease] = {}
+        self._stopping: set[str] = set()  # runs whose task is being cancelled because they were stopped
+        self.fairness = Fairness(
+            settings.rate_per_key_per_s, settings.rate_burst_per_key, settings.max_runs_in_flight_per_key
+        )
         self.draining = False  # shutting down: take over nothing more
 
     # 1. Turn a validated body into a run: fetch/decode the image, check the webhook URL.
-    async def prepare(self, body: PredictBody) -> PreparedRun:
+    async def prepare(self, body: PredictBody, run_id: str | None = None) -> PreparedRun:
         warnings: list[str] = []
         timings: dict[str, float] = {}
         started = time.perf_counter()
@@ -94,7 +106,7 @@ class RunService:
         params = body.model_dump(exclude={"image", "file_url", "webhook_endpoint"})
         params.update(image_source=source, warnings=warnings, width=int(image.shape[1]), height=int(image.shape[0]))
         params["timings_ms"] = timings
-        return PreparedRun(str(uuid.uuid4()), params, image, body.webhook_endpoint, warnings)
+        return PreparedRun(run_id or str(uuid.uuid4()), params, image, body.webhook_endpoint, warnings)
 
     async def _check_webhook_endpoint(self, url: str) -> None:
         # Early and clear (literals in any spelling, names as they resolve now); every delivery's real
@@ -108,7 +120,7 @@ class RunService:
     # 2. Record it before answering, leased to this replica.
     async def create(self, prepared: PreparedRun, key_hash: str) -> Lease:
         owner, lease_s = self.owner, self.settings.lease_s
-        if prepared.webhook_endpoint is None:
+        if not prepared.background:
             # Synchronous: the caller holds the connection and retries if it breaks, so after a crash
             # there is no one to resume for. No input image is kept (a PNG encode per request saved,
             # 40 ms at 512x512) and the run starts as 'processing' (one commit fewer).
@@ -120,14 +132,21 @@ class RunService:
             png = await asyncio.to_thread(images.png_bytes, prepared.image)
             granted = await self.store.create_run(
                 prepared.run_id, key_hash, prepared.params, png, prepared.webhook_endpoint, owner=owner, lease_s=lease_s
-            )
+            )  # fmt: skip
         log.info("run accepted", extra={"run_id": prepared.run_id})
         return granted
 
     # 3. Generate: a tracked task, so a client that hangs up does not cancel an accepted run.
     def start(
-        self, run_id: str, lease: Lease, params: dict[str, Any], image: np.ndarray, webhook_endpoint: str | None
+        self,
+        run_id: str,
+        lease: Lease,
+        params: dict[str, Any],
+        image: np.ndarray,
+        webhook_endpoint: str | None,
+        admitted_for: str | None = None,
     ) -> asyncio.Task[dict[str, Any]]:
+        """``admitted_for``: the key whose fairness slot this run holds until it finishes."""
         held = self._leases[run_id] = HeldLease(lease)
         task = asyncio.create_task(
             self.executor.execute(run_id, held, params, image, webhook_endpoint), name=f"run-{run_id}"
@@ -138,7 +157,10 @@ class RunService:
         def done(_: asyncio.Task[dict[str, Any]]) -> None:
             self._tasks.pop(run_id, None)
             self._leases.pop(run_id, None)
+            self._stopping.discard(run_id)
             self.metrics.in_flight.dec()
+            if admitted_for is not None:
+                self.fairness.done(admitted_for)
 
         task.add_done_callback(done)
         return task
@@ -164,7 +186,50 @@ class RunService:
             )
         return view
 
-    # 5. Shutdown.
+    # 5. Stop it: canceled on request (or a synchronous caller gone), from any replica.
+    async def cancel(
+        self, run_id: str, key_hash: str, *, status: RunStatus = RunStatus.CANCELED, reason: str = "canceled by request"
+    ) -> tuple[dict[str, Any], bool]:
+        """The run's view after the cancel, and whether this call stopped it (False: it had finished)."""
+        outcome = await self.store.stop_run(run_id, key_hash, status, stopped_body(run_id, status, reason))
+        if outcome is None:
+            raise NotFound(f"no run {run_id!r} for this API key", param="run_id")
+        run, stopped = outcome
+        if stopped:
+            self.metrics.runs.labels(str(status)).inc()
+            self.executor.deliverer.wake()
+            self._stop_local(run_id)
+            log.info("run %s: %s", status, reason, extra={"run_id": run_id})
+        return run_view(run, await self.store.delivery_for_run(run_id)), stopped
+
+    def _stop_local(self, run_id: str) -> None:
+        """Cancel the task: a call waiting in Triton's queue is dropped there (gRPC cancellation), one in
+        the model stops at its next denoising step once all of its pipeline call is cancelled."""
+        task = self._tasks.get(run_id)
+        if task is not None and run_id not in self._stopping:
+            self._stopping.add(run_id)
+            task.cancel()
+
+    async def stop_finished_elsewhere(self) -> None:
+        """Runs running here that another replica stopped (canceled there): stop them here too."""
+        running = [run_id for run_id in self._tasks if run_id not in self._stopping]
+        for run_id in await self.store.finished_among(running):
+            self._stop_local(run_id)
+
+    async def outcome(self, run_id: str, key_hash: str) -> tuple[int, dict[str, Any]]:
+        """A finished synchronous run's answer, from its record: what any replica would answer."""
+        run = await self.store.get_run(run_id, key_hash)
+        if run is None:
+            raise NotFound(f"no run {run_id!r} for this API key", param="run_id")
+        return answer_of(run, run_view(run, await self.store.delivery_for_run(run_id)))
+
+    # 6. Idempotency-Key: the first request's answer, once, per API key.
+    async def claim_key(self, key_hash: str, key: str, fingerprint: str, run_id: str) -> IdempotencyRecord | None:
+        return await self.store.claim_idempotency(
+            key_hash, key, fingerprint, run_id, now=time.time(), ttl_s=self.settings.idempotency_ttl_s
+        )
+
+    # 7. Shutdown.
     async def drain(self, timeout_s: float) -> None:
         """Let in-flight runs finish; what does not is still 'queued'/'processing' in the store and is
         taken over by another replica (or by this one after a restart)."""
@@ -179,3 +244,16 @@ class RunService:
     @property
     def in_flight(self) -> int:
         return len(self._tasks)
+
+
+def answer_of(run: Run, view: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """What a run's synchronous request answers once it is final: its body, or its error."""
+    if run.status == RunStatus.SUCCEEDED and run.body is not None:
+        return 200, run.body
+    if run.status in (RunStatus.CANCELED, RunStatus.ABORTED):
+        error: ApiError = (RunAborted if run.status == RunStatus.ABORTED else RunCanceled)(
+            f"run {run.id} was {run.status}: {(run.body or {}).get('reason', '')}".rstrip(": "), run=view
+        )
+        return error.status, error.body()
+    body = run.body or {"run_id": run.id, "error": {"code": "internal_error", "message": "no answer recorded"}}
+    return _STATUS_OF_CODE.get(body.get("error", {}).get("code", ""), 500), body

@@ -11,7 +11,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from .records import Delivery, DeliveryState, DeliveryStatus, Expired, Lease, Run, RunStatus, Usage
+from .records import (
+    Delivery,
+    DeliveryState,
+    DeliveryStatus,
+    Expired,
+    IdempotencyRecord,
+    Lease,
+    Run,
+    RunStatus,
+    Usage,
+)
 
 
 class RunStore(Protocol):
@@ -50,6 +60,29 @@ class RunStore(Protocol):
         """Store the outcome, end the run's lease and, in the same transaction, write the delivery that
         announces it to ``webhook_url`` (an outbox); then wake the replicas."""
 
+    async def stop_run(
+        self, run_id: str, key_hash: str | None, status: RunStatus, body: dict[str, Any]
+    ) -> tuple[Run, bool] | None:
+        """Finish an unfinished run as ``canceled`` or ``aborted`` whoever holds it: raises its lease
+        token (the worker's later writes are fenced out) and writes its delivery, in one transaction.
+        Returns the run as it is now and whether this call stopped it (False: it had already finished);
+        None when there is no such run (for ``key_hash``)."""
+
+    async def finished_among(self, run_ids: list[str]) -> list[str]:
+        """Which of these runs have finished (a worker stops those another replica canceled)."""
+
+    async def claim_idempotency(
+        self, key_hash: str, key: str, fingerprint: str, run_id: str, *, now: float, ttl_s: float
+    ) -> IdempotencyRecord | None:
+        """Record ``key`` for ``run_id``, or return the live record already there (None: recorded now).
+        A record older than ``ttl_s`` is replaced."""
+
+    async def answer_idempotency(self, key_hash: str, key: str, status: int, body: str) -> None:
+        """The first request's answer, to replay."""
+
+    async def release_idempotency(self, key_hash: str, key: str) -> None:
+        """Forget ``key`` (its request was refused before it became a run: a retry may try again)."""
+
     async def get_run(self, run_id: str, key_hash: str | None = None) -> Run | None:
         """The run; with ``key_hash``, only if that key created it (another key's run does not exist)."""
 
@@ -83,9 +116,12 @@ class RunStore(Protocol):
     async def release_leases(self, owner: str) -> None:
         """Give back every lease ``owner`` holds (graceful shutdown), so others may take the work now."""
 
-    async def expire(self, now: float, result_ttl_s: float, run_ttl_s: float) -> Expired:
+    async def expire(
+        self, now: float, result_ttl_s: float, run_ttl_s: float, idempotency_ttl_s: float = 86400.0
+    ) -> Expired:
         """Retention, one small batch of each: delete the results of runs finished ``result_ttl_s`` ago
-        (kept while their delivery is pending) and the runs (with their deliveries) created ``run_ttl_s``
-        ago. Safe to run on every replica at once; call again while it returns full batches."""
+        (kept while their delivery is pending), the runs (with their deliveries) created ``run_ttl_s``
+        ago, and idempotency keys older than ``idempotency_ttl_s``. Safe to run on every replica at once;
+        call again while it returns full batches."""
 
     async def usage(self) -> Usage: ...

@@ -25,6 +25,7 @@ from .records import (
     DeliveryState,
     DeliveryStatus,
     Expired,
+    IdempotencyRecord,
     Lease,
     LeaseLost,
     Run,
@@ -33,7 +34,7 @@ from .records import (
     delivery_id,
     webhook_payload,
 )
-from .sql import NEXT_DELIVERY_SQL, NO_PENDING_DELIVERY_SQL, UNFINISHED_SQL
+from .sql import FINISHED_SQL, NEXT_DELIVERY_SQL, NO_PENDING_DELIVERY_SQL, UNFINISHED_SQL
 
 if TYPE_CHECKING:  # generic in the stubs only
     from asyncpg.pool import PoolConnectionProxy
@@ -152,6 +153,67 @@ class PostgresRunStore:
                 )  # fmt: skip
                 await conn.execute("SELECT pg_notify($1, 'delivery')", CHANNEL)
 
+    async def stop_run(
+        self, run_id: str, key_hash: str | None, status: RunStatus, body: dict[str, Any]
+    ) -> tuple[Run, bool] | None:
+        now = time.time()
+        async with self._db.acquire() as conn, conn.transaction():
+            webhook = await conn.fetchrow(
+                "UPDATE runs SET status = $2, finished_at = $3, body = $4, image_png = NULL, lease_owner = NULL,"
+                f" lease_expires_at = NULL, lease_token = lease_token + 1 WHERE id = $1 AND {UNFINISHED_SQL}"
+                " AND ($5::text IS NULL OR key_hash = $5) RETURNING webhook_endpoint",
+                run_id, str(status), now, json.dumps(body), key_hash,
+            )  # fmt: skip
+            if webhook is not None and webhook[0] is not None:
+                await conn.execute(
+                    "INSERT INTO deliveries (id, run_id, url, status, attempts, next_attempt_at, updated_at)"
+                    " VALUES ($1, $2, $3, 'pending', 0, $4, $4) ON CONFLICT (id) DO NOTHING",
+                    delivery_id(run_id), run_id, webhook[0], now,
+                )  # fmt: skip
+            if webhook is not None:  # the replica running it stops at once, and a deliverer wakes
+                await conn.execute("SELECT pg_notify($1, 'stopped')", CHANNEL)
+        run = await self.get_run(run_id, key_hash)
+        return None if run is None else (run, webhook is not None)
+
+    async def finished_among(self, run_ids: list[str]) -> list[str]:
+        if not run_ids:
+            return []
+        rows = await self._db.fetch(f"SELECT id FROM runs WHERE id = ANY($1::text[]) AND {FINISHED_SQL}", run_ids)
+        return [row[0] for row in rows]
+
+    async def claim_idempotency(
+        self, key_hash: str, key: str, fingerprint: str, run_id: str, *, now: float, ttl_s: float
+    ) -> IdempotencyRecord | None:
+        async with self._db.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "DELETE FROM idempotency WHERE key_hash = $1 AND key = $2 AND created_at < $3",
+                key_hash, key, now - ttl_s,
+            )  # fmt: skip
+            inserted = await conn.fetchval(
+                "INSERT INTO idempotency (key_hash, key, fingerprint, run_id, created_at) VALUES ($1, $2, $3, $4, $5)"
+                " ON CONFLICT (key_hash, key) DO NOTHING RETURNING 1",
+                key_hash, key, fingerprint, run_id, now,
+            )  # fmt: skip
+            if inserted:
+                return None
+            row = await conn.fetchrow(
+                "SELECT fingerprint, run_id, created_at, response_status, response_body FROM idempotency"
+                " WHERE key_hash = $1 AND key = $2",
+                key_hash, key,
+            )  # fmt: skip
+        if row is None:  # deleted between the two statements (expired by a peer): take it now
+            return await self.claim_idempotency(key_hash, key, fingerprint, run_id, now=now, ttl_s=ttl_s)
+        return IdempotencyRecord(*row)
+
+    async def answer_idempotency(self, key_hash: str, key: str, status: int, body: str) -> None:
+        await self._db.execute(
+            "UPDATE idempotency SET response_status = $3, response_body = $4 WHERE key_hash = $1 AND key = $2",
+            key_hash, key, status, body,
+        )  # fmt: skip
+
+    async def release_idempotency(self, key_hash: str, key: str) -> None:
+        await self._db.execute("DELETE FROM idempotency WHERE key_hash = $1 AND key = $2", key_hash, key)
+
     async def get_run(self, run_id: str, key_hash: str | None = None) -> Run | None:
         row = await self._db.fetchrow("SELECT * FROM runs WHERE id = $1", run_id)
         if row is None or (key_hash is not None and row["key_hash"] != key_hash):
@@ -242,7 +304,9 @@ class PostgresRunStore:
                 )
             await conn.execute("SELECT pg_notify($1, 'released')", CHANNEL)
 
-    async def expire(self, now: float, result_ttl_s: float, run_ttl_s: float) -> Expired:
+    async def expire(
+        self, now: float, result_ttl_s: float, run_ttl_s: float, idempotency_ttl_s: float = 86400.0
+    ) -> Expired:
         async with self._db.acquire() as conn, conn.transaction():
             results = await conn.execute(
                 "WITH batch AS (SELECT id FROM runs r WHERE status = 'succeeded' AND result_expired_at IS NULL"
@@ -252,10 +316,15 @@ class PostgresRunStore:
                 now, now - result_ttl_s, RETENTION_BATCH,
             )  # fmt: skip
             runs = await conn.execute(  # their deliveries go with them (ON DELETE CASCADE)
-                "WITH batch AS (SELECT id FROM runs r WHERE created_at < $1 AND status IN ('succeeded', 'failed')"
+                f"WITH batch AS (SELECT id FROM runs r WHERE created_at < $1 AND {FINISHED_SQL}"
                 f" AND {NO_PENDING_DELIVERY_SQL} ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED)"
                 " DELETE FROM runs USING batch WHERE runs.id = batch.id",
                 now - run_ttl_s, RETENTION_BATCH,
+            )  # fmt: skip
+            await conn.execute(
+                "DELETE FROM idempotency WHERE ctid IN (SELECT ctid FROM idempotency WHERE created_at < $1"
+                " LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                now - idempotency_ttl_s, RETENTION_BATCH,
             )  # fmt: skip
         expired = Expired(results=_count(results), runs=_count(runs))
         if expired.results or expired.runs:

@@ -50,4 +50,21 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX deliveries_run ON deliveries (run_id);
         """,
     ),
+    (
+        2,
+        "Idempotency-Key records",
+        """
+        CREATE TABLE idempotency (
+            key_hash text NOT NULL,
+            key text NOT NULL,
+            fingerprint text NOT NULL,
+            run_id text NOT NULL,
+            created_at double precision NOT NULL,
+            response_status integer,
+            response_body text,
+            PRIMARY KEY (key_hash, key)
+        );
+        CREATE INDEX idempotency_created ON idempotency (created_at);
+        """,
+    ),
 ]

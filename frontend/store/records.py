@@ -16,13 +16,15 @@ class RunStatus(StrEnum):
     PROCESSING = "processing"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    CANCELED = "canceled"  # stopped on request, or past its deadline while running
+    ABORTED = "aborted"  # its deadline passed before it reached the model: never used it
 
     @property
     def is_terminal(self) -> bool:
         return self in TERMINAL
 
 
-TERMINAL = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED})
+TERMINAL = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELED, RunStatus.ABORTED})
 UNFINISHED = (RunStatus.QUEUED, RunStatus.PROCESSING)
 
 
@@ -88,6 +90,18 @@ def delivery_id(run_id: str) -> str:
 def webhook_payload(status: str, body_json: str) -> str:
     """The same bytes on every attempt from any replica: the body's key order survives the round trip."""
     return json.dumps({"status": status, **json.loads(body_json)}, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class IdempotencyRecord:
+    """The first request under an ``Idempotency-Key`` (per API key): its body's fingerprint, its run and,
+    once answered, the answer to replay (``response_status`` None: still running)."""
+
+    fingerprint: str
+    run_id: str
+    created_at: float
+    response_status: int | None
+    response_body: str | None
 
 
 @dataclass(frozen=True)

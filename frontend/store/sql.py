@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 UNFINISHED_SQL = "status IN ('queued', 'processing')"
+FINISHED_SQL = "status IN ('succeeded', 'failed', 'canceled', 'aborted')"
 # For a run aliased ``r``: retention keeps a result while its webhook still has to carry it.
 NO_PENDING_DELIVERY_SQL = "NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.run_id = r.id AND d.status = 'pending')"
 # When this replica should look for deliveries again: one another replica is attempting is not ours

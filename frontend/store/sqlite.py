@@ -24,6 +24,7 @@ from .records import (
     DeliveryState,
     DeliveryStatus,
     Expired,
+    IdempotencyRecord,
     Lease,
     LeaseLost,
     Run,
@@ -32,7 +33,7 @@ from .records import (
     delivery_id,
     webhook_payload,
 )
-from .sql import NEXT_DELIVERY_SQL, NO_PENDING_DELIVERY_SQL, UNFINISHED_SQL
+from .sql import FINISHED_SQL, NEXT_DELIVERY_SQL, NO_PENDING_DELIVERY_SQL, UNFINISHED_SQL
 
 # Versioned: migration N runs once, when PRAGMA user_version < N. Version 1 is the first schema
 # (IF NOT EXISTS, so files made before versioning adopt it).
@@ -78,6 +79,20 @@ MIGRATIONS = [
     CREATE INDEX runs_results ON runs (finished_at) WHERE status = 'succeeded' AND result_expired_at IS NULL;
     CREATE INDEX runs_created ON runs (created_at);
     CREATE INDEX deliveries_run ON deliveries (run_id);
+    """,
+    # 3: Idempotency-Key records, per API key.
+    """
+    CREATE TABLE idempotency (
+        key_hash TEXT NOT NULL,
+        key TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        run_id TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        response_status INTEGER,
+        response_body TEXT,
+        PRIMARY KEY (key_hash, key)
+    );
+    CREATE INDEX idempotency_created ON idempotency (created_at);
     """,
 ]
 
@@ -170,6 +185,67 @@ class SqliteRunStore:
         if cursor.rowcount == 0:
             await self._conn.rollback()
             raise LeaseLost(what, lease)
+
+    async def stop_run(
+        self, run_id: str, key_hash: str | None, status: RunStatus, body: dict[str, Any]
+    ) -> tuple[Run, bool] | None:
+        now = time.time()
+        cursor = await self._conn.execute(
+            "UPDATE runs SET status = ?, finished_at = ?, body = ?, image_png = NULL, lease_owner = NULL,"
+            f" lease_expires_at = NULL, lease_token = lease_token + 1 WHERE id = ? AND {UNFINISHED_SQL}"
+            " AND (? IS NULL OR key_hash = ?) RETURNING webhook_endpoint",
+            (str(status), now, json.dumps(body), run_id, key_hash, key_hash),
+        )
+        stopped = await cursor.fetchone()
+        if stopped is not None and stopped[0] is not None:
+            await self._conn.execute(
+                "INSERT OR IGNORE INTO deliveries (id, run_id, url, status, attempts, next_attempt_at, updated_at)"
+                " VALUES (?, ?, ?, 'pending', 0, ?, ?)",
+                (delivery_id(run_id), run_id, stopped[0], now, now),
+            )
+        await self._conn.commit()
+        run = await self.get_run(run_id, key_hash)
+        return None if run is None else (run, stopped is not None)
+
+    async def finished_among(self, run_ids: list[str]) -> list[str]:
+        if not run_ids:
+            return []
+        marks = ",".join("?" * len(run_ids))
+        async with self._conn.execute(f"SELECT id FROM runs WHERE id IN ({marks}) AND {FINISHED_SQL}", run_ids) as c:
+            return [row[0] for row in await c.fetchall()]
+
+    async def claim_idempotency(
+        self, key_hash: str, key: str, fingerprint: str, run_id: str, *, now: float, ttl_s: float
+    ) -> IdempotencyRecord | None:
+        await self._conn.execute(
+            "DELETE FROM idempotency WHERE key_hash = ? AND key = ? AND created_at < ?", (key_hash, key, now - ttl_s)
+        )
+        cursor = await self._conn.execute(
+            "INSERT OR IGNORE INTO idempotency (key_hash, key, fingerprint, run_id, created_at) VALUES (?, ?, ?, ?, ?)",
+            (key_hash, key, fingerprint, run_id, now),
+        )
+        await self._conn.commit()
+        if cursor.rowcount == 1:
+            return None
+        async with self._conn.execute(
+            "SELECT fingerprint, run_id, created_at, response_status, response_body FROM idempotency"
+            " WHERE key_hash = ? AND key = ?",
+            (key_hash, key),
+        ) as found:
+            row = await found.fetchone()
+        assert row is not None  # one process per file: nobody deleted it in between
+        return IdempotencyRecord(*row)
+
+    async def answer_idempotency(self, key_hash: str, key: str, status: int, body: str) -> None:
+        await self._conn.execute(
+            "UPDATE idempotency SET response_status = ?, response_body = ? WHERE key_hash = ? AND key = ?",
+            (status, body, key_hash, key),
+        )
+        await self._conn.commit()
+
+    async def release_idempotency(self, key_hash: str, key: str) -> None:
+        await self._conn.execute("DELETE FROM idempotency WHERE key_hash = ? AND key = ?", (key_hash, key))
+        await self._conn.commit()
 
     async def get_run(self, run_id: str, key_hash: str | None = None) -> Run | None:
         async with self._conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)) as cursor:
@@ -270,7 +346,9 @@ class SqliteRunStore:
             )
         await self._conn.commit()
 
-    async def expire(self, now: float, result_ttl_s: float, run_ttl_s: float) -> Expired:
+    async def expire(
+        self, now: float, result_ttl_s: float, run_ttl_s: float, idempotency_ttl_s: float = 86400.0
+    ) -> Expired:
         results = await self._conn.execute(
             "UPDATE runs SET body = NULL, result_expired_at = ? WHERE id IN (SELECT id FROM runs r WHERE"
             f" status = 'succeeded' AND result_expired_at IS NULL AND finished_at < ? AND {NO_PENDING_DELIVERY_SQL}"
@@ -280,7 +358,7 @@ class SqliteRunStore:
         old = [
             row[0]
             for row in await self._conn.execute_fetchall(
-                f"SELECT id FROM runs r WHERE created_at < ? AND status IN ('succeeded', 'failed')"
+                f"SELECT id FROM runs r WHERE created_at < ? AND {FINISHED_SQL}"
                 f" AND {NO_PENDING_DELIVERY_SQL} ORDER BY created_at LIMIT ?",
                 (now - run_ttl_s, RETENTION_BATCH),
             )
@@ -288,6 +366,10 @@ class SqliteRunStore:
         marks = ",".join("?" * len(old))
         await self._conn.execute(f"DELETE FROM deliveries WHERE run_id IN ({marks})", old)
         await self._conn.execute(f"DELETE FROM runs WHERE id IN ({marks})", old)
+        await self._conn.execute(
+            "DELETE FROM idempotency WHERE rowid IN (SELECT rowid FROM idempotency WHERE created_at < ? LIMIT ?)",
+            (now - idempotency_ttl_s, RETENTION_BATCH),
+        )
         await self._conn.commit()
         return Expired(results=results.rowcount, runs=len(old))
 

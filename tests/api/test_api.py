@@ -48,7 +48,12 @@ class ScriptedBackend:
         self.jobs: list[GenerationInput] = []
 
     async def generate(
-        self, job: GenerationInput, *, timeout_s: float | None = None, request_id: str = ""
+        self,
+        job: GenerationInput,
+        *,
+        timeout_s: float | None = None,
+        request_id: str = "",
+        queue_timeout_s: float | None = None,
     ) -> Generated:
         self.jobs.append(job)
         if job.prompt in FAILURES:

@@ -20,6 +20,7 @@ GROUPS = {
     "soak": "5. Load: soak at saturation",
     "auth": "6. Auth",
     "replicas": "7. Replicas on PostgreSQL: SIGKILL, SIGSTOP, SIGTERM",
+    "run_control": "8. Run control: one key's burst vs. another's latency; a cancel storm",
 }
 
 

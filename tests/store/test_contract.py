@@ -317,3 +317,37 @@ def test_an_unknown_engine_is_refused_by_name_without_its_password() -> None:
         open_store("mysql://user:hunter2@db/runs")
     assert "hunter2" not in str(refused.value)
     assert redacted("postgresql://sd:secret@db:5432/runs") == "postgresql://sd:***@db:5432/runs"
+
+
+async def test_stop_outranks_the_lease_fences_the_worker_out_and_announces_once(open_more: Callable[[], Any]) -> None:
+    worker, canceler = await open_more(), await open_more()  # two replicas
+    lease = await webhook_run(worker, "s1")
+    assert await canceler.stop_run("s1", OTHER_KEY, RunStatus.CANCELED, {"reason": "x"}) is None  # not theirs
+    stopped = await canceler.stop_run("s1", KEY, RunStatus.CANCELED, {"run_id": "s1", "reason": "asked"})
+    assert stopped is not None
+    run, did = stopped
+    assert did and run.status == RunStatus.CANCELED and run.body == {"run_id": "s1", "reason": "asked"}
+    assert await worker.finished_among(["s1", "nope"]) == ["s1"]
+    with pytest.raises(LeaseLost):  # the worker's late success is not stored over the cancel
+        await worker.finish_run("s1", lease, RunStatus.SUCCEEDED, {"result": ["x"]}, HOOK)
+    again = await worker.stop_run("s1", KEY, RunStatus.ABORTED, {"reason": "late"})
+    assert again is not None and again[1] is False and again[0].status == RunStatus.CANCELED
+    (delivery,) = await worker.claim_due_deliveries(A, time.time(), lease_s=LONG)
+    assert json.loads(delivery.payload)["status"] == "canceled"
+    assert await worker.claim_unfinished_runs(B, LONG) == []
+
+
+async def test_an_idempotency_key_is_claimed_once_per_api_key_and_replays_its_answer(store: RunStore) -> None:
+    now = time.time()
+    assert await store.claim_idempotency(KEY, "k", "f1", "r1", now=now, ttl_s=60) is None
+    running = await store.claim_idempotency(KEY, "k", "f2", "r2", now=now, ttl_s=60)
+    assert running is not None and (running.fingerprint, running.run_id, running.response_status) == ("f1", "r1", None)
+    assert await store.claim_idempotency(OTHER_KEY, "k", "f2", "r3", now=now, ttl_s=60) is None  # scoped per key
+    await store.answer_idempotency(KEY, "k", 200, '{"a": 1}')
+    answered = await store.claim_idempotency(KEY, "k", "f1", "r4", now=now, ttl_s=60)
+    assert answered is not None and (answered.response_status, answered.response_body) == (200, '{"a": 1}')
+    assert await store.claim_idempotency(KEY, "k", "f5", "r5", now=now + 61, ttl_s=60) is None  # expired: new
+    await store.release_idempotency(KEY, "k")
+    assert await store.claim_idempotency(KEY, "k", "f6", "r6", now=now, ttl_s=60) is None
+    await store.expire(now + 10, 3600, 3600, idempotency_ttl_s=5)
+    assert await store.claim_idempotency(KEY, "k", "f7", "r7", now=now + 10, ttl_s=3600) is None  # retention took it

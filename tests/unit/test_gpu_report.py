@@ -89,12 +89,12 @@ class _Pipe:
 
 def test_apply_plan_wraps_only_the_named_kinds_and_remove_plan_undoes_it() -> None:
     pipe = _Pipe()
-    x = torch.randn(5, 2, 4, 4)
+    x = torch.randn(5, 2, 4, 4, generator=torch.Generator().manual_seed(0))
     before = pipe.unet(x)
     assert apply_plan(pipe, InvariancePlan({"conv2d": 1, "vae_decode": 1})) == 2
     assert "forward" in pipe.unet[0].__dict__ and "forward" not in pipe.unet[1].__dict__
     assert "forward" not in pipe.text_encoder[0].__dict__ and "decode" in pipe.vae.__dict__
-    assert torch.allclose(pipe.unet(x), before)
+    assert torch.allclose(pipe.unet(x), before, atol=1e-5)  # the same values, computed a sample at a time
     remove_plan(pipe)
     assert "forward" not in pipe.unet[0].__dict__ and "decode" not in pipe.vae.__dict__
 

@@ -26,7 +26,7 @@ class ScriptedBackend:
     async def is_model_ready(self) -> bool:
         return self.model_ready
 
-    async def generate(self, job: Any, *, timeout_s: float | None = None, request_id: str = "") -> Any:
+    async def generate(self, job: Any, *, timeout_s: float | None = None, request_id: str = "", **_: Any) -> Any:
         self.canaries += 1
         self.health.in_flight += 1
         try:

@@ -1,0 +1,75 @@
+"""Run control's pure parts: durations, Idempotency-Key checks, fingerprints, events, per-key fairness."""
+
+from __future__ import annotations
+
+import pytest
+
+from frontend.errors import InvalidRequest, RateLimited
+from frontend.fairness import Fairness
+from frontend.runs.control import cancel_after, events_so_far, fingerprint, idempotency_key, parse_duration
+from frontend.store import Run, RunStatus
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("90s", 90), ("5m", 300), ("1h30m", 5400), ("1.5s", 1.5), ("45", 45), (120, 120)]
+)
+def test_durations(text: str | int, seconds: float) -> None:
+    assert parse_duration(text, "Cancel-After") == seconds
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("soon", "duration such as"), ("0.5s", "between 1 s"), ("25h", "but is 90000 s"), ("", "duration")],
+)
+def test_bad_durations_name_the_parameter_and_echo_the_value(text: str, message: str) -> None:
+    with pytest.raises(InvalidRequest, match=message) as caught:
+        parse_duration(text, "Cancel-After")
+    assert caught.value.param == "Cancel-After"
+
+
+def test_the_header_wins_over_the_body_field() -> None:
+    assert cancel_after("2m", {"cancel_after": "5s"}) == 120
+    assert cancel_after(None, {"cancel_after": "5s"}) == 5
+    assert cancel_after(None, {}) is None
+
+
+def test_idempotency_keys_are_printable_ascii_up_to_255() -> None:
+    assert idempotency_key('"abc-1"') == "abc-1" and idempotency_key(None) is None
+    for bad in ("", "x" * 256, "caf\u00e9", "tab\tin"):
+        with pytest.raises(InvalidRequest, match="Idempotency-Key"):
+            idempotency_key(bad)
+
+
+def test_fingerprints_ignore_key_order_but_not_values_or_the_answer_mode() -> None:
+    assert fingerprint({"a": 1, "b": [1, 2]}, False) == fingerprint({"b": [1, 2], "a": 1}, False)
+    assert fingerprint({"a": 1}, False) != fingerprint({"a": 2}, False)
+    assert fingerprint({"a": 1}, False) != fingerprint({"a": 1}, True)
+
+
+def run(status: RunStatus, started_at: float | None, created_at: float = 100.0) -> Run:
+    return Run("r", "k", status, created_at, started_at, None, {}, None, None, None)
+
+
+def test_events_follow_the_record() -> None:
+    assert [(e.id, e.status) for e in events_so_far(run(RunStatus.QUEUED, None))] == [(1, "queued")]
+    assert [e.id for e in events_so_far(run(RunStatus.SUCCEEDED, 101.0))] == [1, 2, 3]
+    assert [e.status for e in events_so_far(run(RunStatus.PROCESSING, 100.0))] == ["processing"]  # synchronous
+    assert [e.status for e in events_so_far(run(RunStatus.ABORTED, None))] == ["queued", "aborted"]
+
+
+def test_fairness_caps_runs_in_flight_and_refills_tokens() -> None:
+    clock = [0.0]
+    fair = Fairness(rate_per_s=1.0, burst=2, max_in_flight=3, clock=lambda: clock[0])
+    assert fair.admit("a")["RateLimit"] == '"runs";r=1;t=1'
+    fair.admit("a")
+    with pytest.raises(RateLimited) as limited:
+        fair.admit("a")
+    assert limited.value.headers["Retry-After"] == "1" and limited.value.headers["RateLimit-Policy"] == '"runs";q=2;w=2'
+    assert fair.in_flight("a") == 2 and fair.admit("b")  # another key has its own bucket
+    clock[0] = 1.0
+    fair.admit("a")  # one token back after a second
+    clock[0] = 5.0
+    with pytest.raises(RateLimited, match="3 runs in flight"):
+        fair.admit("a")
+    fair.done("a")
+    fair.admit("a")
