@@ -24,6 +24,23 @@ class _Bucket:
 
 
 @dataclass
+class Slot:
+    """One admitted run's place in its key's in-flight count: given back once, by whoever holds it last
+    (the request handler if the run never started, the run's task otherwise)."""
+
+    fairness: Fairness
+    key_hash: str
+    headers: dict[str, str]
+    held: bool = True
+    started: bool = False  # a run holds it now: the run gives it back when it ends
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.fairness.done(self.key_hash)
+
+
+@dataclass
 class Fairness:
     rate_per_s: float  # tokens a key earns per second (0: no rate limit)
     burst: int  # the bucket's size
@@ -53,6 +70,10 @@ class Fairness:
             bucket.tokens -= 1
         self._in_flight[key_hash] = self._in_flight.get(key_hash, 0) + 1
         return self.headers(key_hash)
+
+    def acquire(self, key_hash: str) -> Slot:
+        """``admit`` as a ``Slot`` to release exactly once."""
+        return Slot(self, key_hash, self.admit(key_hash))
 
     def done(self, key_hash: str) -> None:
         """A run admitted for ``key_hash`` finished (or was never started)."""

@@ -21,6 +21,7 @@ from ..errors import (
     NotFound,
     RunFinished,
 )
+from ..fairness import Slot
 from ..runs import control
 from ..runs.execute import RunStopped, RunTakenOver
 from ..runs.recovery import consume_outcome
@@ -54,6 +55,17 @@ DISCONNECT_POLL_S = 0.2
 
 async def predict(request: web.Request) -> web.Response:
     runs, key_hash = request.app[RUNS], request[KEY_HASH]
+    # Fairness first, before the body is read (a key past its limits costs almost nothing), unless the
+    # request may be a replay, which is answered whatever the limits.
+    slot = None if "Idempotency-Key" in request.headers else runs.fairness.acquire(key_hash)
+    try:
+        return await _predict(request, runs, key_hash, slot)
+    finally:
+        if slot is not None and not slot.started:
+            slot.release()
+
+
+async def _predict(request: web.Request, runs: RunService, key_hash: str, slot: Slot | None) -> web.Response:
     data = await read_json(request)
     fields = data if isinstance(data, dict) else {}
     respond_async = "respond-async" in request.headers.get("Prefer", "").lower()
@@ -68,24 +80,24 @@ async def predict(request: web.Request) -> web.Response:
             return await _replay(runs, key_hash, key, first, control.fingerprint(data, respond_async))
     # 2. Admit (per-key fairness), prepare and record; nothing of a refused request is kept.
     try:
-        limits = runs.fairness.admit(key_hash)
-    except ApiError:
-        if key is not None:
-            await runs.store.release_idempotency(key_hash, key)
-        raise
-    try:
-        prepared = await runs.prepare(body, run_id)
-        if respond_async and prepared.webhook_endpoint is None:
-            prepared.params["respond_async"] = True
-        if cancel_after_s is not None:
-            prepared.params.update(cancel_after_s=cancel_after_s, deadline=time.time() + cancel_after_s)
-        lease = await runs.create(prepared, key_hash)
+        slot = slot or runs.fairness.acquire(key_hash)
+        try:
+            prepared = await runs.prepare(body, run_id)
+            if respond_async and prepared.webhook_endpoint is None:
+                prepared.params["respond_async"] = True
+            if cancel_after_s is not None:
+                prepared.params.update(cancel_after_s=cancel_after_s, deadline=time.time() + cancel_after_s)
+            lease = await runs.create(prepared, key_hash)
+        except BaseException:
+            slot.release()
+            raise
     except BaseException:
-        runs.fairness.done(key_hash)
         if key is not None:
             await runs.store.release_idempotency(key_hash, key)
         raise
-    task = runs.start(run_id, lease, prepared.params, prepared.image, prepared.webhook_endpoint, key_hash)
+    slot.started = True
+    task = runs.start(run_id, lease, prepared.params, prepared.image, prepared.webhook_endpoint, slot)
+    limits = slot.headers
     # 3. Background runs answer at once.
     if prepared.background:
         task.add_done_callback(consume_outcome)

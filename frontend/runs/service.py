@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import images
 from ..errors import ERROR_TABLE, ApiError, InvalidRequest, NotFound, ResultExpired, RunAborted, RunCanceled
-from ..fairness import Fairness
+from ..fairness import Fairness, Slot
 from ..fetch import check_url, fetch_file_url
 from ..metrics import Metrics
 from ..netguard import host_denial_reason
@@ -144,9 +144,9 @@ class RunService:
         params: dict[str, Any],
         image: np.ndarray,
         webhook_endpoint: str | None,
-        admitted_for: str | None = None,
+        slot: Slot | None = None,
     ) -> asyncio.Task[dict[str, Any]]:
-        """``admitted_for``: the key whose fairness slot this run holds until it finishes."""
+        """``slot``: the key's fairness slot, which this run holds (and gives back) from now on."""
         held = self._leases[run_id] = HeldLease(lease)
         task = asyncio.create_task(
             self.executor.execute(run_id, held, params, image, webhook_endpoint), name=f"run-{run_id}"
@@ -159,8 +159,8 @@ class RunService:
             self._leases.pop(run_id, None)
             self._stopping.discard(run_id)
             self.metrics.in_flight.dec()
-            if admitted_for is not None:
-                self.fairness.done(admitted_for)
+            if slot is not None:
+                slot.release()
 
         task.add_done_callback(done)
         return task

@@ -190,13 +190,14 @@ class SqliteRunStore:
         self, run_id: str, key_hash: str | None, status: RunStatus, body: dict[str, Any]
     ) -> tuple[Run, bool] | None:
         now = time.time()
-        cursor = await self._conn.execute(
+        # Fetched to the end: a RETURNING statement left open would block every commit on the connection.
+        returned = await self._conn.execute_fetchall(
             "UPDATE runs SET status = ?, finished_at = ?, body = ?, image_png = NULL, lease_owner = NULL,"
             f" lease_expires_at = NULL, lease_token = lease_token + 1 WHERE id = ? AND {UNFINISHED_SQL}"
             " AND (? IS NULL OR key_hash = ?) RETURNING webhook_endpoint",
             (str(status), now, json.dumps(body), run_id, key_hash, key_hash),
         )
-        stopped = await cursor.fetchone()
+        stopped = next(iter(returned), None)
         if stopped is not None and stopped[0] is not None:
             await self._conn.execute(
                 "INSERT OR IGNORE INTO deliveries (id, run_id, url, status, attempts, next_attempt_at, updated_at)"
