@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 
 from .errors import RateLimited
 
-POLICY = "runs"
+POLICY = "runs"  # the token bucket
+IN_FLIGHT_POLICY = "inflight"  # the cap on runs in flight (a quota of concurrent runs, no window)
 
 
 @dataclass
@@ -56,7 +57,7 @@ class Fairness:
             raise RateLimited(
                 f"this API key has {self.max_in_flight} runs in flight, the most allowed"
                 " (SD_MAX_RUNS_IN_FLIGHT_PER_KEY); retry when one finishes",
-                headers={"Retry-After": "1", **self.headers(key_hash, reset_s=1)},
+                headers={"Retry-After": "1", **self.headers(key_hash)},
             )
         if self.rate_per_s > 0:
             bucket = self._refill(key_hash)
@@ -94,14 +95,19 @@ class Fairness:
         return bucket
 
     def headers(self, key_hash: str, reset_s: int | None = None) -> dict[str, str]:
-        if self.rate_per_s <= 0:
+        """One list item per policy in force: the bucket (``runs``) and the in-flight cap (``inflight``)."""
+        policies, states = [], []
+        if self.rate_per_s > 0:
+            bucket = self._refill(key_hash)
+            remaining = max(0, math.floor(bucket.tokens))
+            if reset_s is None:
+                full = bucket.tokens >= self.burst
+                reset_s = 0 if full else math.ceil((self.burst - bucket.tokens) / self.rate_per_s)
+            policies.append(f'"{POLICY}";q={self.burst};w={math.ceil(self.burst / self.rate_per_s)}')
+            states.append(f'"{POLICY}";r={remaining};t={reset_s}')
+        if self.max_in_flight:
+            policies.append(f'"{IN_FLIGHT_POLICY}";q={self.max_in_flight}')
+            states.append(f'"{IN_FLIGHT_POLICY}";r={max(0, self.max_in_flight - self.in_flight(key_hash))}')
+        if not policies:
             return {}
-        bucket = self._refill(key_hash)
-        remaining = max(0, math.floor(bucket.tokens))
-        if reset_s is None:
-            reset_s = 0 if bucket.tokens >= self.burst else math.ceil((self.burst - bucket.tokens) / self.rate_per_s)
-        window = math.ceil(self.burst / self.rate_per_s)
-        return {
-            "RateLimit-Policy": f'"{POLICY}";q={self.burst};w={window}',
-            "RateLimit": f'"{POLICY}";r={remaining};t={reset_s}',
-        }
+        return {"RateLimit-Policy": ", ".join(policies), "RateLimit": ", ".join(states)}

@@ -35,7 +35,8 @@ class Settings(BaseSettings):
     # Run control: how long an Idempotency-Key is remembered (per API key); per-key fairness per replica.
     idempotency_ttl_s: float = Field(default=24 * 3600.0, ge=3600)
     max_runs_in_flight_per_key: int = Field(default=64, ge=0)  # 0: no cap
-    rate_per_key_per_s: float = Field(default=50.0, ge=0)  # token bucket refill; 0: no rate limit
+    # Off by default: the in-flight cap is what keeps one key from filling the model's queue.
+    rate_per_key_per_s: float = Field(default=0.0, ge=0)  # token bucket refill; 0: no rate limit
     rate_burst_per_key: int = Field(default=100, ge=1)
     events_poll_s: float = Field(default=0.25, gt=0)  # how often GET /runs/{id}/events looks at the run
     events_keepalive_s: float = Field(default=15.0, gt=0)  # a comment line this often keeps proxies open

@@ -60,16 +60,18 @@ def test_events_follow_the_record() -> None:
 def test_fairness_caps_runs_in_flight_and_refills_tokens() -> None:
     clock = [0.0]
     fair = Fairness(rate_per_s=1.0, burst=2, max_in_flight=3, clock=lambda: clock[0])
-    assert fair.admit("a")["RateLimit"] == '"runs";r=1;t=1'
+    assert fair.admit("a")["RateLimit"] == '"runs";r=1;t=1, "inflight";r=2'
     fair.admit("a")
     with pytest.raises(RateLimited) as limited:
         fair.admit("a")
-    assert limited.value.headers["Retry-After"] == "1" and limited.value.headers["RateLimit-Policy"] == '"runs";q=2;w=2'
+    assert limited.value.headers["Retry-After"] == "1"
+    assert limited.value.headers["RateLimit-Policy"] == '"runs";q=2;w=2, "inflight";q=3'
     assert fair.in_flight("a") == 2 and fair.admit("b")  # another key has its own bucket
     clock[0] = 1.0
     fair.admit("a")  # one token back after a second
     clock[0] = 5.0
-    with pytest.raises(RateLimited, match="3 runs in flight"):
+    with pytest.raises(RateLimited, match="3 runs in flight") as capped:
         fair.admit("a")
+    assert capped.value.headers["RateLimit"].endswith('"inflight";r=0')
     fair.done("a")
     fair.admit("a")
