@@ -211,9 +211,14 @@ class RunService:
             task.cancel()
 
     async def stop_finished_elsewhere(self) -> None:
-        """Runs running here that another replica stopped (canceled there): stop them here too."""
+        """Runs running here that another replica finished (canceled there, or taken over after this one
+        stalled past its lease): stop them here, rather than finish work whose outcome stands elsewhere."""
         running = [run_id for run_id in self._tasks if run_id not in self._stopping]
         for run_id in await self.store.finished_among(running):
+            self.metrics.leases_lost.labels("run").inc()
+            log.warning(
+                "run taken over by another replica: it finished there; stopping it here", extra={"run_id": run_id}
+            )
             self._stop_local(run_id)
 
     async def outcome(self, run_id: str, key_hash: str) -> tuple[int, dict[str, Any]]:

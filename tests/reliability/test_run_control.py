@@ -24,9 +24,9 @@ pytestmark = pytest.mark.integration
 GROUP = "run_control"
 FINAL = {"succeeded", "failed", "canceled", "aborted"}
 # The fairness measurement's setting: the burst's key may hold this many runs in flight. Measured here
-# (8 s, 64 clients): key B's p95 ratio 1.7x at 1, 1.9x at 2, 4.9x at 4: a waiting request sits behind
-# the batch in progress, whose size the cap bounds (Triton does not preempt a running batch).
-IN_FLIGHT_CAP = 2
+# (8 s, 64 clients): key B's p95 ratio 1.7x at 1, 1.9x at 2, 4.9x at 4 (2.45x at 2 over 30 s): a waiting
+# request sits behind the batch in progress, whose size the cap bounds (Triton does not preempt it).
+IN_FLIGHT_CAP = 1
 
 
 def p95(values: list[float]) -> float:
