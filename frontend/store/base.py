@@ -63,8 +63,9 @@ class RunStore(Protocol):
     async def stop_run(
         self, run_id: str, key_hash: str | None, status: RunStatus, body: dict[str, Any]
     ) -> tuple[Run, bool] | None:
-        """Finish an unfinished run as ``canceled`` or ``aborted`` whoever holds it: raises its lease
-        token (the worker's later writes are fenced out) and writes its delivery, in one transaction.
+        """Finish an unfinished run as ``canceled`` or ``aborted`` whoever holds it: ends its lease (the
+        worker's later writes are fenced out, as after ``finish_run``) and writes its delivery, in one
+        transaction.
         Returns the run as it is now and whether this call stopped it (False: it had already finished);
         None when there is no such run (for ``key_hash``)."""
 

@@ -160,7 +160,7 @@ class PostgresRunStore:
         async with self._db.acquire() as conn, conn.transaction():
             webhook = await conn.fetchrow(
                 "UPDATE runs SET status = $2, finished_at = $3, body = $4, image_png = NULL, lease_owner = NULL,"
-                f" lease_expires_at = NULL, lease_token = lease_token + 1 WHERE id = $1 AND {UNFINISHED_SQL}"
+                f" lease_expires_at = NULL WHERE id = $1 AND {UNFINISHED_SQL}"
                 " AND ($5::text IS NULL OR key_hash = $5) RETURNING webhook_endpoint",
                 run_id, str(status), now, json.dumps(body), key_hash,
             )  # fmt: skip

@@ -193,7 +193,7 @@ class SqliteRunStore:
         # Fetched to the end: a RETURNING statement left open would block every commit on the connection.
         returned = await self._conn.execute_fetchall(
             "UPDATE runs SET status = ?, finished_at = ?, body = ?, image_png = NULL, lease_owner = NULL,"
-            f" lease_expires_at = NULL, lease_token = lease_token + 1 WHERE id = ? AND {UNFINISHED_SQL}"
+            f" lease_expires_at = NULL WHERE id = ? AND {UNFINISHED_SQL}"
             " AND (? IS NULL OR key_hash = ?) RETURNING webhook_endpoint",
             (str(status), now, json.dumps(body), run_id, key_hash, key_hash),
         )
