@@ -14,7 +14,7 @@ TINY_STAMP := $(TINY_MODEL_DIR)/tiny_model_build.json
 # Only the default tiny-model folder is ever built: a MODEL_DIR of yours is served as it is, never written.
 SERVED_MODEL := $(if $(filter $(abspath $(TINY_MODEL_DIR)),$(abspath $(MODEL_DIR))),model,setup)
 
-.PHONY: setup model model-sd15 postgres triton serve serve-replicas serve-sd15 real-size test lint reliability bench \
+.PHONY: setup model model-sd15 postgres browser playground-shot triton serve serve-replicas serve-sd15 real-size test lint reliability bench \
 	bench-batching bench-latency bench-replicas gpu-carry gpu-report clean
 
 setup: $(SETUP_STAMP)
@@ -43,6 +43,19 @@ postgres:
 		$(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq postgresql >/dev/null; }
 
+# A real browser for the playground's test: Debian's chromium, installed once if missing (Playwright drives
+# it; it never downloads one of its own).
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@test -x $(CHROMIUM) || { \
+		echo "installing Debian's chromium ..."; \
+		$(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq chromium >/dev/null; }
+
+# The playground's browser test, saving its screenshot of a result as docs/img/playground.png.
+playground-shot: model browser
+	SD_PLAYGROUND_SCREENSHOT=docs/img/playground.png $(PY) -m pytest tests/e2e/test_playground.py -k generate
+
 # Triton in the foreground on :8000 (HTTP), :8001 (gRPC), :8002 (metrics); Ctrl-C stops it.
 triton: $(SERVED_MODEL)
 	$(PY) -m embedded.triton_server --model-path $(MODEL_DIR) $(TRITON_ARGS)
@@ -66,7 +79,7 @@ serve-sd15: model-sd15
 real-size: model-sd15
 	$(PY) -m bench.real_size --model-path $(SD15_DIR)
 
-test: model postgres lint
+test: model postgres browser lint
 	$(PY) -m pytest
 
 # The reliability groups at full scale (under 20 min here); writes docs/reliability.md. `make test` runs them

@@ -12,14 +12,16 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from .app_keys import BACKEND, DELIVERER, KEY_HASHES, METRICS, READINESS, RUNS, SESSION, SETTINGS, STORE
+from .app_keys import BACKEND, DELIVERER, HISTORY, KEY_HASHES, METRICS, READINESS, RUNS, SESSION, SETTINGS, STORE
 from .auth import key_hash
 from .http import handlers
 from .http.middlewares import auth_middleware, context_middleware, error_middleware
+from .http.playground import security_headers, setup_playground
 from .metrics import Metrics
 from .netguard import guarded_socket_factory
 from .readiness import Readiness
 from .runs.execute import RunExecutor
+from .runs.history import RunHistory
 from .runs.recovery import keep_leases
 from .runs.retention import expire_forever
 from .runs.service import RunService
@@ -47,12 +49,16 @@ def create_app(
     app.cleanup_ctx.append(_backend(backend))
     app.cleanup_ctx.append(_runs)
     app.on_shutdown.append(_drain)
+    app.on_response_prepare.append(security_headers)
     setup_routes(app)
+    if settings.playground:
+        setup_playground(app)
     return app
 
 
 def setup_routes(app: web.Application) -> None:
     app.router.add_post("/predict", handlers.predict)
+    app.router.add_get("/runs", handlers.list_runs)
     app.router.add_get("/runs/{run_id}", handlers.get_run)
     app.router.add_post("/runs/{run_id}/cancel", handlers.cancel_run)
     app.router.add_get("/runs/{run_id}/events", handlers.run_events)
@@ -117,6 +123,7 @@ async def _runs(app: web.Application) -> AsyncIterator[None]:
     deliverer = WebhookDeliverer(store, app[SESSION], signer, settings, metrics, owner)
     executor = RunExecutor(settings, store, app[BACKEND], deliverer, metrics)
     app[DELIVERER], app[RUNS] = deliverer, RunService(settings, store, executor, app[SESSION], metrics, owner)
+    app[HISTORY] = RunHistory(store)
     look_for_runs = asyncio.Event()
 
     def peer_made_work() -> None:

@@ -7,6 +7,7 @@ from aiohttp import web
 
 from .metrics import Metrics
 from .readiness import Readiness
+from .runs.history import RunHistory
 from .runs.service import RunService
 from .settings import Settings
 from .store import RunStore
@@ -20,5 +21,6 @@ BACKEND = web.AppKey("backend", TritonBackend)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 DELIVERER = web.AppKey("deliverer", WebhookDeliverer)
 RUNS = web.AppKey("runs", RunService)
+HISTORY = web.AppKey("history", RunHistory)
 KEY_HASHES = web.AppKey("key_hashes", tuple[str, ...])
 READINESS = web.AppKey("readiness", Readiness)

@@ -115,3 +115,13 @@ def png_bytes(array: np.ndarray) -> bytes:
 def from_png_bytes(data: bytes) -> np.ndarray:
     with Image.open(io.BytesIO(data), formats=["PNG"]) as image:
         return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def thumbnail_data_uri(result_b64: str, *, max_side: int) -> str:
+    """A small JPEG ``data:`` URI of one of our own results (history lists), at most ``max_side`` a side."""
+    with Image.open(io.BytesIO(base64.b64decode(result_b64)), formats=["PNG", "JPEG", "WEBP"]) as image:
+        small = _to_rgb(image)
+        small.thumbnail((max_side, max_side))
+    buffer = io.BytesIO()
+    small.save(buffer, format="JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")

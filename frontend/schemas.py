@@ -10,6 +10,12 @@ from .errors import InvalidRequest
 from .settings import Settings
 
 MAX_SEED = 2**53 - 1  # JSON-safe integers
+# The model's short scheduler names (its SCHEDULER_ALIASES; a test keeps the two equal), offered as
+# examples; any diffusers class name the model loads is accepted too, and the model checks.
+SCHEDULER_EXAMPLES = [
+    "ddim", "ddpm", "pndm", "lms", "euler", "euler_a", "heun", "dpm++", "dpm_single", "kdpm2", "kdpm2_a", "deis",
+    "unipc",
+]  # fmt: skip
 
 
 class PredictBody(BaseModel):
@@ -27,7 +33,11 @@ class PredictBody(BaseModel):
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED, description="Same inputs + seed = same images.")
     webhook_endpoint: str | None = Field(default=None, description="If set: answer 202 and POST the result here.")
     strength: float = Field(default=0.8, ge=0.0, le=1.0, description="How far from the init image (0..1).")
-    scheduler: str = Field(default="", description="A diffusers scheduler name or alias; empty = model default.")
+    scheduler: str = Field(
+        default="",
+        description="A diffusers scheduler name or alias; empty = model default.",
+        examples=SCHEDULER_EXAMPLES,
+    )
     output_format: Literal["png", "jpeg", "webp"] = "png"
     cancel_after: str | float | None = Field(
         default=None,

@@ -22,6 +22,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8080
     data_dir: Path = Path("data")
+    playground: bool = True  # the web page at / and /playground (static; every call it makes needs a key)
     # The run store: sqlite:///path (default: runs.sqlite3 in data_dir), or postgresql://user:pw@host/db
     # for several replicas. The engine is the scheme.
     database_url: str = ""

@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ..app_keys import METRICS, READINESS, RUNS, SETTINGS
+from ..app_keys import HISTORY, METRICS, READINESS, RUNS, SETTINGS
 from ..errors import (
     ApiError,
     BackendUnavailable,
@@ -24,11 +24,12 @@ from ..errors import (
 from ..fairness import Slot
 from ..runs import control
 from ..runs.execute import RunStopped, RunTakenOver
+from ..runs.history import page_limit
 from ..runs.recovery import consume_outcome
 from ..runs.service import ACCEPTED_MESSAGE, QUEUED_MESSAGE, RunService, answer_of
 from ..runs.view import run_view
 from ..schemas import parse_body
-from ..store import RunStatus
+from ..store import Run, RunStatus
 from .middlewares import KEY_HASH
 from .openapi import openapi_document
 
@@ -216,7 +217,18 @@ async def run_events(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     )
-    await response.prepare(request)
+    try:
+        await response.prepare(request)
+        await _stream_events(request, response, run, seen)
+        await response.write_eof()
+    except ConnectionResetError:  # the client went away (a tab closed, a reload): nothing to answer
+        pass
+    return response
+
+
+async def _stream_events(request: web.Request, response: web.StreamResponse, run: Run | None, seen: int) -> None:
+    assert run is not None
+    run_id, key_hash, store = run.id, request[KEY_HASH], request.app[RUNS].store
     settings = request.app[SETTINGS]
     quiet_since = time.monotonic()
     while run is not None:
@@ -236,8 +248,13 @@ async def run_events(request: web.Request) -> web.StreamResponse:
             quiet_since = time.monotonic()
         await asyncio.sleep(settings.events_poll_s)
         run = await store.get_run(run_id, key_hash)
-    await response.write_eof()
-    return response
+
+
+async def list_runs(request: web.Request) -> web.Response:
+    """The calling key's runs, newest first; ``?limit=`` (1-100, default 20), ``?cursor=`` from ``next_cursor``."""
+    limit = page_limit(request.query.get("limit"))
+    page = await request.app[HISTORY].page(request[KEY_HASH], limit, request.query.get("cursor"))
+    return web.json_response(page)
 
 
 async def get_run(request: web.Request) -> web.Response:

@@ -12,10 +12,11 @@ from aiohttp import web
 from ..app_keys import KEY_HASHES, METRICS, SETTINGS
 from ..auth import match_key, presented_key
 from ..errors import ApiError, MethodNotAllowed, NotFound, PayloadTooLarge, Unauthorized
+from . import playground
 
 log = logging.getLogger("frontend.http")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-PUBLIC_PATHS = {"/healthz", "/readyz", "/metrics", "/openapi.json"}
+PUBLIC_PATHS = {"/healthz", "/readyz", "/metrics", "/openapi.json", *playground.PUBLIC_PATHS}
 KEY_HASH = web.RequestKey("key_hash", str)  # the caller's key hash, set by auth
 
 

@@ -60,6 +60,23 @@ def _errors(*statuses: int) -> dict[str, Any]:
 
 
 RUN_ID = {"name": "run_id", "in": "path", "required": True, "schema": {"type": "string"}}
+RUN_PAGE = _json(
+    {
+        "type": "object",
+        "required": ["runs", "next_cursor"],
+        "properties": {
+            "runs": {
+                "type": "array",
+                "items": {"type": "object", "required": ["run_id", "status", "created_at", "params", "thumbnail"]},
+            },
+            "next_cursor": {"type": ["string", "null"], "description": "the next page's cursor; null: no more"},
+        },
+    }
+)
+PAGE_PARAMETERS = [
+    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}},
+    {"name": "cursor", "in": "query", "schema": {"type": "string"}, "description": "next_cursor of the page before"},
+]
 RUN_VIEW = _json({"type": "object", "required": ["run_id", "status"]})
 PREDICT_HEADERS = [
     {
@@ -90,6 +107,12 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
     body_schema["properties"]["num_images_per_prompt"]["maximum"] = settings.max_images_per_prompt
     body_schema["properties"]["prompt"]["maxLength"] = settings.max_prompt_chars
     body_schema["properties"]["negative_prompt"]["maxLength"] = settings.max_prompt_chars
+    # What a client may want to fit an image to before sending it (larger sides are resized to fit).
+    body_schema["x-limits"] = {
+        "max_image_side": settings.max_image_side,
+        "max_image_pixels": settings.max_image_pixels,
+        "max_image_bytes": settings.max_image_bytes,
+    }
     secured: list[dict[str, list[str]]] = [{"ApiKey": []}]
     return {
         "openapi": "3.1.0",
@@ -113,6 +136,14 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                         },
                         **_errors(400, 401, 409, 413, 415, 422, 429, 500, 503, 504),
                     },
+                }
+            },
+            "/runs": {
+                "get": {
+                    "summary": "This API key's runs, newest first, a page at a time, with thumbnails",
+                    "security": secured,
+                    "parameters": PAGE_PARAMETERS,
+                    "responses": {"200": {"description": "A page of runs", **RUN_PAGE}, **_errors(401, 422)},
                 }
             },
             "/runs/{run_id}": {
@@ -146,6 +177,12 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 }
             },
             "/healthz": {"get": {"summary": "The process is alive", "responses": {"200": {"description": "alive"}}}},
+            "/playground": {
+                "get": {
+                    "summary": "The web playground (also at /; off with SD_PLAYGROUND=false)",
+                    "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}},
+                }
+            },
             "/readyz": {
                 "get": {
                     "summary": "Can take work now: model loaded, not known dead, queue not full (busy is ready)",

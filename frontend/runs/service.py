@@ -103,7 +103,7 @@ class RunService:
             decode_started = time.perf_counter()
             image = await asyncio.to_thread(images.load_image, data, param="file_url", **limits)
             timings["decode"] = ms_since(decode_started)
-        params = body.model_dump(exclude={"image", "file_url", "webhook_endpoint"})
+        params = body.model_dump(exclude={"image", "webhook_endpoint"})
         params.update(image_source=source, warnings=warnings, width=int(image.shape[1]), height=int(image.shape[0]))
         params["timings_ms"] = timings
         return PreparedRun(run_id or str(uuid.uuid4()), params, image, body.webhook_endpoint, warnings)

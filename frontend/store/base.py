@@ -87,6 +87,11 @@ class RunStore(Protocol):
     async def get_run(self, run_id: str, key_hash: str | None = None) -> Run | None:
         """The run; with ``key_hash``, only if that key created it (another key's run does not exist)."""
 
+    async def list_runs(self, key_hash: str, limit: int, before: tuple[float, str] | None = None) -> list[Run]:
+        """``key_hash``'s runs, newest first (``created_at``, then id, descending), at most ``limit``, those
+        after the cursor ``before`` = (created_at, id) of the last run of the previous page. Without their
+        input images."""
+
     async def claim_unfinished_runs(self, owner: str, lease_s: float, limit: int = 16) -> list[Run]:
         """Queued and processing runs no live lease holds, oldest first, now leased to ``owner``."""
 

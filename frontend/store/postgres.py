@@ -34,7 +34,14 @@ from .records import (
     delivery_id,
     webhook_payload,
 )
-from .sql import FINISHED_SQL, NEXT_DELIVERY_SQL, NO_PENDING_DELIVERY_SQL, UNFINISHED_SQL
+from .sql import (
+    FINISHED_SQL,
+    LIST_RUNS_SQL,
+    NEXT_DELIVERY_SQL,
+    NO_CURSOR,
+    NO_PENDING_DELIVERY_SQL,
+    UNFINISHED_SQL,
+)
 
 if TYPE_CHECKING:  # generic in the stubs only
     from asyncpg.pool import PoolConnectionProxy
@@ -219,6 +226,11 @@ class PostgresRunStore:
         if row is None or (key_hash is not None and row["key_hash"] != key_hash):
             return None
         return _run(row)
+
+    async def list_runs(self, key_hash: str, limit: int, before: tuple[float, str] | None = None) -> list[Run]:
+        created_at, run_id = before or NO_CURSOR
+        rows = await self._db.fetch(LIST_RUNS_SQL.format("$1", "$2", "$3", "$4"), key_hash, created_at, run_id, limit)
+        return [_run(row) for row in rows]
 
     async def claim_unfinished_runs(self, owner: str, lease_s: float, limit: int = 16) -> list[Run]:
         rows = await self._db.fetch(

@@ -67,4 +67,5 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX idempotency_created ON idempotency (created_at);
         """,
     ),
+    (3, "a key's runs newest first (GET /runs)", "CREATE INDEX runs_by_key ON runs (key_hash, created_at, id);"),
 ]

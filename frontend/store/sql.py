@@ -12,3 +12,12 @@ NEXT_DELIVERY_SQL = (
     "SELECT MIN(CASE WHEN lease_owner IS NOT NULL AND lease_expires_at > {now} THEN lease_expires_at"
     " ELSE next_attempt_at END) FROM deliveries WHERE status = 'pending'"
 )
+# A key's runs, newest first, for ``list_runs``: every column but the input image (``_run`` reads them
+# by name). Placeholders: the key hash, the cursor's created_at and id, the limit.
+LIST_RUNS_SQL = (
+    "SELECT id, key_hash, status, created_at, started_at, finished_at, params, NULL AS image_png,"
+    " webhook_endpoint, body, result_expired_at FROM runs WHERE key_hash = {0} AND (created_at, id) < ({1}, {2})"
+    " ORDER BY created_at DESC, id DESC LIMIT {3}"
+)
+# The first page's cursor: after every run there is.
+NO_CURSOR = (float("inf"), "")

@@ -33,7 +33,14 @@ from .records import (
     delivery_id,
     webhook_payload,
 )
-from .sql import FINISHED_SQL, NEXT_DELIVERY_SQL, NO_PENDING_DELIVERY_SQL, UNFINISHED_SQL
+from .sql import (
+    FINISHED_SQL,
+    LIST_RUNS_SQL,
+    NEXT_DELIVERY_SQL,
+    NO_CURSOR,
+    NO_PENDING_DELIVERY_SQL,
+    UNFINISHED_SQL,
+)
 
 # Versioned: migration N runs once, when PRAGMA user_version < N. Version 1 is the first schema
 # (IF NOT EXISTS, so files made before versioning adopt it).
@@ -93,6 +100,10 @@ MIGRATIONS = [
         PRIMARY KEY (key_hash, key)
     );
     CREATE INDEX idempotency_created ON idempotency (created_at);
+    """,
+    # 4: a key's runs newest first (GET /runs).
+    """
+    CREATE INDEX runs_by_key ON runs (key_hash, created_at, id);
     """,
 ]
 
@@ -254,6 +265,13 @@ class SqliteRunStore:
         if row is None or (key_hash is not None and row["key_hash"] != key_hash):
             return None
         return _run(row)
+
+    async def list_runs(self, key_hash: str, limit: int, before: tuple[float, str] | None = None) -> list[Run]:
+        created_at, run_id = before or NO_CURSOR
+        rows = await self._conn.execute_fetchall(
+            LIST_RUNS_SQL.format("?", "?", "?", "?"), (key_hash, created_at, run_id, limit)
+        )
+        return [_run(row) for row in rows]
 
     async def claim_unfinished_runs(self, owner: str, lease_s: float, limit: int = 16) -> list[Run]:
         now = time.time()

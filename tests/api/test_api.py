@@ -12,8 +12,7 @@ import base64
 import io
 import json
 import time
-from collections.abc import Awaitable, Callable
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -22,11 +21,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from standardwebhooks import Webhook
 
-from frontend.app import create_app
 from frontend.errors import ERROR_TABLE, BackendTimeout, BackendUnavailable, GenerationFailed
 from frontend.generation import Generated, GenerationInput
 from frontend.health import BackendHealth
-from frontend.settings import Settings
 
 from ..e2e.servers import png_bytes
 from ..support import API_KEYS, WEBHOOK_SECRET
@@ -70,34 +67,6 @@ class ScriptedBackend:
 
     async def close(self) -> None:
         return None
-
-
-@pytest.fixture
-def backend() -> ScriptedBackend:
-    return ScriptedBackend()
-
-
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(
-        data_dir=tmp_path / "data",
-        api_keys=",".join(API_KEYS),  # type: ignore[arg-type]
-        webhook_secret=WEBHOOK_SECRET,  # type: ignore[arg-type]
-        allow_private_networks="127.0.0.1/32",  # type: ignore[arg-type]
-        webhook_retry_base_s=0.05,
-        webhook_poll_s=0.05,
-        async_retry_window_s=0,
-        max_body_bytes=2_000_000,
-    )
-
-
-@pytest.fixture
-async def api(
-    aiohttp_client: Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]],
-    settings: Settings,
-    backend: ScriptedBackend,
-) -> TestClient[web.Request, web.Application]:
-    return await aiohttp_client(create_app(settings, backend=backend))  # type: ignore[arg-type]
 
 
 def auth(key: str = API_KEYS[0]) -> dict[str, str]:

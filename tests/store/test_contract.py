@@ -103,6 +103,38 @@ async def test_get_run_is_scoped_to_the_key_that_created_it(store: RunStore) -> 
     assert await store.get_run("no-such-run") is None and await store.get_run("no-such-run", KEY) is None
 
 
+async def test_list_runs_pages_one_keys_runs_newest_first_without_their_images(store: RunStore) -> None:
+    for n in range(5):
+        await webhook_run(store, f"r{n}")
+        await store.create_run(f"other{n}", OTHER_KEY, PARAMS, None, None, owner=A, lease_s=LONG)
+    await store.finish_run("r1", Lease(A, 1), RunStatus.SUCCEEDED, {"result": ["x"], "seeds": [3]}, None)
+    first = await store.list_runs(KEY, 2)
+    assert [run.id for run in first] == ["r4", "r3"]
+    seen = [run.id for run in first]
+    while True:  # each page starts after the last run of the one before
+        page = await store.list_runs(KEY, 2, (first[-1].created_at, first[-1].id))
+        if not page:
+            break
+        seen += [run.id for run in page]
+        first = page
+    assert seen == ["r4", "r3", "r2", "r1", "r0"]
+    listed = {run.id: run for run in await store.list_runs(KEY, 100)}
+    assert set(listed) == {f"r{n}" for n in range(5)}  # never another key's
+    assert all(run.image_png is None and run.params == PARAMS for run in listed.values())
+    assert listed["r1"].status == RunStatus.SUCCEEDED and listed["r1"].body == {"result": ["x"], "seeds": [3]}
+    assert await store.list_runs("c" * 64, 10) == []
+
+
+async def test_list_runs_breaks_created_at_ties_by_id(store: RunStore) -> None:
+    for run_id in ("b", "c", "a"):
+        await webhook_run(store, run_id)
+    runs = await store.list_runs(KEY, 10)
+    tied = runs[0].created_at
+    # a cursor at an exact created_at keeps the runs of that instant with a smaller id
+    assert [run.id for run in await store.list_runs(KEY, 10, (tied, runs[0].id))] == [run.id for run in runs[1:]]
+    assert [run.id for run in await store.list_runs(KEY, 10, (runs[-1].created_at, "~"))] == [runs[-1].id]
+
+
 async def test_finish_stores_the_outcome_drops_the_input_and_writes_the_outbox_row(store: RunStore) -> None:
     body = {"run_id": "r1", "message": "ok", "result": ["x"], "seeds": [3], "b": 1, "a": 2}
     await finished_with_delivery(store, "r1", body)

@@ -6,7 +6,11 @@ import importlib.resources
 import json
 import math
 import re
+import shutil
+import subprocess
+import sys
 import tomllib
+import zipfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -196,3 +200,34 @@ def test_triton_image_matches_the_tested_server_and_pins() -> None:
         name, _, version = requirement.partition("==")
         if name in pinned and name != "scipy":  # scipy 1.17 needs Python 3.11; the container has 3.10
             assert pinned[name] == version, name
+
+
+def test_the_installed_package_carries_the_playground(tmp_path: Path) -> None:
+    """The frontend image installs the package (not the source tree): the page must be in the wheel."""
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    for package in ("frontend", "embedded", "bench"):
+        shutil.copytree(ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            str(source),
+            "-w",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert built.returncode == 0, built.stderr[-2000:]
+    (wheel,) = tmp_path.glob("*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    expected = {f"frontend/playground/{name}" for name in ("index.html", "playground.css", "playground.js")}
+    assert expected <= names, sorted(n for n in names if "playground" in n)

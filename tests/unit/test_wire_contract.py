@@ -86,3 +86,10 @@ def test_requests_carry_every_input_as_the_contract_says(transport: str) -> None
     arrays = dict((spec.name, array) for spec, array in wire.input_arrays(JOB))
     assert arrays["image"].shape == (1, 16, 24, 3) and arrays["seed"].dtype == np.int64
     assert arrays["prompt"].tolist() == [[b"a cat"]] and arrays["strength"].dtype == np.float32
+
+
+def test_the_apis_scheduler_examples_are_the_models_short_names() -> None:
+    from frontend.schemas import SCHEDULER_EXAMPLES
+    from img2img_pipeline import SCHEDULER_ALIASES
+
+    assert list(SCHEDULER_ALIASES) == SCHEDULER_EXAMPLES
