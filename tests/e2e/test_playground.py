@@ -213,8 +213,8 @@ def test_a_script_in_the_prompt_is_shown_as_text_and_runs_nothing(page: Page, in
 
 
 def test_cancel_stops_a_running_generation(page: Page, init_png: Path) -> None:
-    # long enough on the tiny model to cancel mid-denoise (as tests/e2e/test_run_control.py)
-    fill_form(page, init_png, "a long one", Steps="150", Strength="1", Seed="9")
+    # long enough on the tiny model to cancel mid-denoise (tests/e2e/test_run_control.py), times 4 images
+    fill_form(page, init_png, "a long one", Steps="150", Strength="1", Seed="9", **{"Number of images": "4"})
     cancel = page.get_by_role("button", name="Cancel", exact=True)
     expect(cancel).to_be_disabled()
     page.get_by_role("button", name="Generate", exact=True).click()
