@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"frontend: http://{settings.host}:{settings.port}  (POST /predict, GET /runs/ID, /readyz, /metrics)",
         f"playground: http://{settings.host}:{settings.port}/  (paste the API key there)",
+        sep="\n",
         flush=True,
     )
     try:
