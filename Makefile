@@ -43,14 +43,18 @@ postgres:
 		$(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq postgresql >/dev/null; }
 
-# A real browser for the playground's test: Debian's chromium, installed once if missing (Playwright drives
-# it; it never downloads one of its own).
+# Real browsers for the playground's tests: Debian's chromium (Playwright drives it) and firefox-esr (driven over
+# WebDriver BiDi by puppeteer-core from tests/e2e/firefox), installed once if missing; never a browser download.
 CHROMIUM ?= /usr/bin/chromium
+FIREFOX ?= /usr/bin/firefox-esr
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 browser:
-	@test -x $(CHROMIUM) || { \
-		echo "installing Debian's chromium ..."; \
-		$(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq chromium >/dev/null; }
+	@test -x $(CHROMIUM) -a -x $(FIREFOX) && command -v npm >/dev/null || { \
+		echo "installing Debian's chromium, firefox-esr, nodejs ..."; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium firefox-esr nodejs npm >/dev/null; }
+	@test -d tests/e2e/firefox/node_modules/puppeteer-core || \
+		npm ci --prefix tests/e2e/firefox --no-audit --no-fund --loglevel=error
 
 # The playground's browser test, saving its screenshot of a result as docs/img/playground.png.
 playground-shot: model browser

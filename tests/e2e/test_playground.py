@@ -30,6 +30,8 @@ from .servers import png_bytes
 
 pytestmark = pytest.mark.integration
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+FIREFOX = os.environ.get("FIREFOX", "/usr/bin/firefox-esr")
+FIREFOX_CHECK = Path(__file__).parent / "firefox"  # smoke.mjs and its puppeteer-core (make browser installs it)
 KEY = API_KEYS[1]
 RESULT_TIMEOUT_MS = 90_000
 INJECTION = '<img src=x onerror="window.__pwned=1">'
@@ -271,3 +273,26 @@ def test_a_large_image_is_downscaled_in_the_browser_to_the_services_side_limit(p
     body = json.loads(curl.split("<<'JSON'\n", 1)[1].rsplit("\nJSON", 1)[0])
     with Image.open(io.BytesIO(base64.b64decode(body["image"]))) as sent:
         assert sent.size == (1024, 256)
+
+
+def test_the_page_works_in_firefox_too(site: Frontend, init_png: Path) -> None:
+    """One generation in Debian's firefox-esr (WebDriver BiDi through puppeteer-core, ``firefox/smoke.mjs``)."""
+    assert Path(FIREFOX).exists(), f"no browser at {FIREFOX}: run `make browser` (Debian's firefox-esr)"
+    assert (FIREFOX_CHECK / "node_modules" / "puppeteer-core").is_dir(), (
+        "run `make browser` (npm ci in tests/e2e/firefox)"
+    )
+    ran = subprocess.run(
+        ["node", "smoke.mjs", site.url, KEY, str(init_png), FIREFOX, "4242"],
+        cwd=FIREFOX_CHECK,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    seen = json.loads(ran.stdout.strip().splitlines()[-1])
+    assert seen["version"].startswith("firefox/") and seen["problems"] == [], seen["problems"]
+    run_id = re.search(r"Run (\S+) · succeeded", seen["status"])
+    assert run_id is not None, seen["status"]
+    run = api(site, "GET", f"/runs/{run_id[1]}").json()
+    assert run["seeds"] == [4242] and run["result"] == [seen["image"]]  # shown byte for byte
+    assert any(entry.startswith("a fox in firefox") for entry in seen["history"]), seen["history"]
