@@ -90,6 +90,8 @@ async def test_history_needs_a_key_and_names_a_bad_limit_or_cursor(api: Client) 
         ({"limit": "ten"}, "limit"),
         ({"cursor": "not-a-cursor"}, "cursor"),
         ({"cursor": base64.urlsafe_b64encode(b'["x", 1]').decode()}, "cursor"),
+        ({"cursor": base64.urlsafe_b64encode(b"[1, 2]").decode()}, "cursor"),  # an id that is not a string
+        ({"cursor": base64.urlsafe_b64encode(b'[NaN, "a"]').decode()}, "cursor"),  # a time that is not finite
     ]:
         status, answer = await history(api, **query)
         assert status == 422 and answer["error"]["param"] == param, (query, answer)
