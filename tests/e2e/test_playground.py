@@ -6,6 +6,7 @@ session's tritonserver. Every page must also run without a Content-Security-Poli
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import requests
 from PIL import Image
@@ -281,15 +283,25 @@ def test_the_page_works_in_firefox_too(site: Frontend, init_png: Path) -> None:
     assert (FIREFOX_CHECK / "node_modules" / "puppeteer-core").is_dir(), (
         "run `make browser` (npm ci in tests/e2e/firefox)"
     )
-    ran = subprocess.run(
+    smoke = subprocess.Popen(
         ["node", "smoke.mjs", site.url, KEY, str(init_png), FIREFOX, "4242"],
         cwd=FIREFOX_CHECK,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=180,
     )
-    assert ran.returncode == 0, ran.stderr[-3000:]
-    seen = json.loads(ran.stdout.strip().splitlines()[-1])
+    try:
+        stdout, stderr = smoke.communicate(timeout=180)
+    finally:
+        if smoke.poll() is None:
+            # firefox runs detached (its own process group) under node: stop the whole tree, not only node
+            node = psutil.Process(smoke.pid)
+            for process in [*node.children(recursive=True), node]:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    process.kill()
+            smoke.communicate()
+    assert smoke.returncode == 0, stderr[-3000:]
+    seen = json.loads(stdout.strip().splitlines()[-1])
     assert seen["version"].startswith("firefox/") and seen["problems"] == [], seen["problems"]
     run_id = re.search(r"Run (\S+) · succeeded", seen["status"])
     assert run_id is not None, seen["status"]
