@@ -76,19 +76,17 @@ class RunHistory:
         }
 
     async def _thumbnails_of(self, runs: list[Run]) -> dict[str, str | None]:
-        known = {run.id: self._thumbnails[run.id] for run in runs if run.id in self._thumbnails}
-        todo = [run for run in runs if run.id not in known and _first_result(run) is not None]
-        if todo:
-            made = await asyncio.to_thread(_make_thumbnails, todo)
-            for run_id, thumbnail in made.items():
-                self._thumbnails[run_id] = thumbnail
-                if len(self._thumbnails) > self._cache_size:
-                    self._thumbnails.popitem(last=False)
-            known.update(made)
-        for run_id in known:
-            if run_id in self._thumbnails:
-                self._thumbnails.move_to_end(run_id)
-        return known
+        # only runs whose result is still stored: a cached thumbnail must not outlive its result
+        shown = [run for run in runs if _first_result(run) is not None]
+        todo = [run for run in shown if run.id not in self._thumbnails]
+        made = await asyncio.to_thread(_make_thumbnails, todo) if todo else {}
+        thumbnails = {run.id: made[run.id] if run.id in made else self._thumbnails[run.id] for run in shown}
+        for run_id, thumbnail in thumbnails.items():  # re-inserted: most recently listed last (LRU order)
+            self._thumbnails.pop(run_id, None)
+            self._thumbnails[run_id] = thumbnail
+        while len(self._thumbnails) > self._cache_size:
+            self._thumbnails.popitem(last=False)
+        return thumbnails
 
 
 def _first_result(run: Run) -> str | None:

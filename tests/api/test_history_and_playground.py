@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -13,6 +14,7 @@ from aiohttp.test_utils import TestClient
 from PIL import Image
 
 from frontend.app import create_app
+from frontend.app_keys import STORE
 from frontend.http.playground import API_CSP, PAGE_CSP
 from frontend.settings import Settings
 
@@ -70,6 +72,19 @@ async def test_a_history_thumbnail_is_a_small_jpeg_of_the_first_result(api: Clie
 
     # the first result's picture (JPEG of the scripted noise is lossy: nearer, not equal), not the second's
     assert distance(answer["result"][0]) * 1.5 < distance(answer["result"][1])
+
+
+async def test_once_its_result_expires_a_run_is_listed_without_a_thumbnail(api: Client) -> None:
+    status, answer, _ = await predict(api, body(seed=11))
+    assert status == 200
+    _, page = await history(api)
+    assert page["runs"][0]["thumbnail"] is not None  # made, and now kept by this replica
+    store = api.server.app[STORE]
+    await store.expire(time.time() + 10, result_ttl_s=1, run_ttl_s=3600)
+    _, page = await history(api)
+    listed = page["runs"][0]
+    assert listed["run_id"] == answer["run_id"] and listed["result_expired"] and listed["result_count"] == 0
+    assert listed["thumbnail"] is None  # not a picture of a result the service no longer holds
 
 
 async def test_a_failed_run_is_listed_with_its_error_and_no_thumbnail(api: Client) -> None:
