@@ -226,11 +226,11 @@ async def run_events(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def _stream_events(request: web.Request, response: web.StreamResponse, run: Run | None, seen: int) -> None:
-    assert run is not None
-    run_id, key_hash, store = run.id, request[KEY_HASH], request.app[RUNS].store
+async def _stream_events(request: web.Request, response: web.StreamResponse, first: Run, seen: int) -> None:
+    run_id, key_hash, store = first.id, request[KEY_HASH], request.app[RUNS].store
     settings = request.app[SETTINGS]
     quiet_since = time.monotonic()
+    run: Run | None = first
     while run is not None:
         for event in control.events_so_far(run):
             if event.id <= seen:
