@@ -14,7 +14,7 @@ TINY_STAMP := $(TINY_MODEL_DIR)/tiny_model_build.json
 # Only the default tiny-model folder is ever built: a MODEL_DIR of yours is served as it is, never written.
 SERVED_MODEL := $(if $(filter $(abspath $(TINY_MODEL_DIR)),$(abspath $(MODEL_DIR))),model,setup)
 
-.PHONY: setup model model-sd15 postgres browser playground-shot triton serve serve-replicas serve-sd15 real-size test lint reliability bench \
+.PHONY: setup model model-sd15 postgres browser perf-analyzer playground-shot triton serve serve-replicas serve-sd15 real-size test lint reliability bench \
 	bench-batching bench-latency bench-replicas gpu-carry gpu-report clean
 
 setup: $(SETUP_STAMP)
@@ -36,25 +36,26 @@ $(TINY_STAMP): $(SETUP_STAMP) embedded/tiny_model.py
 model-sd15: setup
 	$(PY) -m embedded.sd15_model $(SD15_DIR)
 
-# PostgreSQL binaries (Debian's postgresql) for the replica stack and the tests; installed once if missing.
+# Debian packages, only for the tools that are missing: embedded/prereqs.py probes each one, keeps what
+# works (the image's NodeSource node and npm included), says what it installs, and probes again after.
+PREREQS := $(PYTHON) -m embedded.prereqs
+
+# PostgreSQL's cluster binaries (Debian's postgresql) for the replica stack and the tests.
 postgres:
-	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || { \
-		echo "installing Debian's postgresql ..."; \
-		$(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq postgresql >/dev/null; }
+	@$(PREREQS) postgres
 
 # Real browsers for the playground's tests: Debian's chromium (Playwright drives it) and firefox-esr (driven over
-# WebDriver BiDi by puppeteer-core from tests/e2e/firefox), installed once if missing; never a browser download.
-CHROMIUM ?= /usr/bin/chromium
-FIREFOX ?= /usr/bin/firefox-esr
-SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+# WebDriver BiDi by puppeteer-core from tests/e2e/firefox, which npm installs from its lock file); never a
+# browser download.
 browser:
-	@test -x $(CHROMIUM) -a -x $(FIREFOX) && command -v npm >/dev/null || { \
-		echo "installing Debian's chromium, firefox-esr, nodejs ..."; \
-		$(SUDO) apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium firefox-esr nodejs npm >/dev/null; }
-	@test -d tests/e2e/firefox/node_modules/puppeteer-core || \
-		npm ci --prefix tests/e2e/firefox --no-audit --no-fund --loglevel=error
+	@$(PREREQS) browser
+	@test -d tests/e2e/firefox/node_modules/puppeteer-core || { \
+		echo "browser: installing puppeteer-core into tests/e2e/firefox (npm ci) ..."; \
+		npm ci --prefix tests/e2e/firefox --no-audit --no-fund --loglevel=error; }
+
+# perf_analyzer's Debian library (libb64-0d); bench/perf_analyzer.py adds its CUDA runtime wheel to the venv.
+perf-analyzer:
+	@$(PREREQS) perf-analyzer
 
 # The playground's browser test, saving its screenshot of a result as docs/img/playground.png.
 playground-shot: model browser
@@ -96,7 +97,7 @@ reliability: model model-sd15 postgres
 # Every benchmark side by side (about 16 min here); writes docs/benchmarks.md, docs/img/*.png, docs/bench-replicas.md.
 # On a GPU machine: make bench BENCH_ARGS="--model-path /weights/sd15 --size 512 --steps 50 --strength 0.8"
 BENCH_ARGS ?=
-bench: model postgres
+bench: model postgres perf-analyzer
 	$(PY) -m bench.run_all $(BENCH_ARGS)
 	$(PY) -m bench.replicas
 

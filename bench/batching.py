@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from embedded.lifecycle import stop_on_signals
 from embedded.tiny_model import build
 from embedded.triton_calls import Caller, Img2Img
 from embedded.triton_server import DEFAULT_MODEL_PATH, EmbeddedTriton, copy_model_repository
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests-per-client", type=int, default=6)
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     args = parser.parse_args(argv)
+    stop_on_signals()  # SIGTERM, SIGHUP and Ctrl-C still run the cleanup that stops the servers
 
     build(DEFAULT_MODEL_PATH)
     rng = np.random.default_rng(0)

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from embedded.frontend_process import API_KEYS, Frontend
+from embedded.lifecycle import stop_on_signals
 from embedded.tiny_model import build
 from embedded.triton_calls import Caller, Img2Img
 from embedded.triton_server import DEFAULT_MODEL_PATH, DEFAULT_MODEL_REPOSITORY, EmbeddedTriton
@@ -66,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strength", type=float, default=0.5)
     parser.add_argument("-n", type=int, default=30)
     args = parser.parse_args(argv)
+    stop_on_signals()  # SIGTERM, SIGHUP and Ctrl-C still run the cleanup that stops the servers
 
     build(DEFAULT_MODEL_PATH)
     image = np.random.default_rng(0).integers(0, 256, (args.size, args.size, 3), dtype=np.uint8)

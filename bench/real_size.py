@@ -31,6 +31,7 @@ import psutil
 from PIL import Image
 
 from embedded.frontend_process import API_KEYS, WEBHOOK_SECRET
+from embedded.lifecycle import stop_on_signals
 from embedded.sd15_model import BUILD_STAMP, DEFAULT_FOLDER
 from embedded.triton_server import REPO_ROOT, free_port
 
@@ -279,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--out", type=Path, default=DOCS / "real-size.md")
     args = parser.parse_args(argv)
+    stop_on_signals()  # SIGTERM, SIGHUP and Ctrl-C still run the cleanup that stops the servers
     args.model_path = args.model_path.resolve()
     with tempfile.TemporaryDirectory(prefix="real-size-") as workdir:
         figures = asyncio.run(measure(args, Path(workdir)))

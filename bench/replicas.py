@@ -32,7 +32,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
@@ -48,6 +47,7 @@ from PIL import Image
 from bench import load, transport
 from bench.workload import Workload
 from embedded.frontend_process import API_KEYS, Frontend
+from embedded.lifecycle import stop_on_signals
 from embedded.postgres import EmbeddedPostgres
 from embedded.tiny_model import build
 from embedded.triton_server import DEFAULT_MODEL_PATH, DEFAULT_MODEL_REPOSITORY, EmbeddedTriton
@@ -478,8 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "bench-replicas.md")
     args = parser.parse_args(argv)
 
-    # A timeout or Ctrl-C must still run the finally blocks that stop the servers.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    stop_on_signals()  # SIGTERM, SIGHUP and Ctrl-C still run the finally blocks that stop the servers
     started = time.monotonic()
     build(DEFAULT_MODEL_PATH)
     workload = Workload()

@@ -21,7 +21,6 @@ import asyncio
 import json
 import platform
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,7 @@ from bench import codecs, load, perf_analyzer, profile, transport
 from bench.report import write_report
 from bench.workload import Workload
 from embedded.frontend_process import API_KEYS, Frontend
+from embedded.lifecycle import die_with_parent, stop_on_signals
 from embedded.tiny_model import build
 from embedded.triton_calls import Caller
 from embedded.triton_server import DEFAULT_MODEL_PATH, EmbeddedTriton, copy_model_repository
@@ -78,7 +78,9 @@ class DirectProcess:
             sys.executable, "-m", "bench.direct", "--serve", "--model-path", model_path,
             "--workload", json.dumps(asdict(workload)), "--determinism", determinism,
         ]  # fmt: skip
-        self.process = subprocess.Popen(command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.process = subprocess.Popen(  # noqa: PLW1509 - prctl only
+            command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, preexec_fn=die_with_parent()
+        )
         self._read()
 
     def _read(self) -> dict[str, Any]:
@@ -97,7 +99,11 @@ class DirectProcess:
     def close(self) -> None:
         if self.process.stdin is not None:
             self.process.stdin.close()
-        self.process.wait(timeout=60)
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
 
 def spread(values: list[float]) -> dict[str, float]:
@@ -259,8 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     if SHIPPED_DELAY_US not in args.delays_us:
         args.delays_us.append(SHIPPED_DELAY_US)
 
-    # A timeout or Ctrl-C must still run the finally blocks that stop tritonserver and its stubs.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    stop_on_signals()  # SIGTERM, SIGHUP and Ctrl-C still run the finally blocks that stop the servers
     started = time.monotonic()
     if Path(args.model_path) == DEFAULT_MODEL_PATH:
         build(DEFAULT_MODEL_PATH)
@@ -287,7 +292,11 @@ def main(argv: list[str] | None = None) -> int:
         print("3/3 one tritonserver: the shipped model and its variants", flush=True)
         repository = bench_repository(tmp, args.delays_us)
         triton = EmbeddedTriton.on_free_ports(repository, args.model_path, ready_timeout_s=900).start()
-        direct = DirectProcess(args.model_path, workload, "batch_invariant")
+        try:
+            direct = DirectProcess(args.model_path, workload, "batch_invariant")
+        except BaseException:
+            triton.stop()
+            raise
         try:
             results["perf_shipped"] = sweep(triton.grpc_url, data, tmp, SHIPPED, args.concurrency, args.window)
             results["transport"] = asyncio.run(

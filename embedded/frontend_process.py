@@ -12,6 +12,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from embedded.lifecycle import spawn_server
 from embedded.triton_server import REPO_ROOT, free_port
 
 # Fixed test credentials (never used outside tests and benchmarks).
@@ -58,7 +59,7 @@ class Frontend:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.data_dir / f"frontend-{self.port}.log"
         with self.log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
-            self.process = subprocess.Popen(
+            self.process = spawn_server(
                 [sys.executable, "-m", "frontend"], cwd=REPO_ROOT, env=self.environment(), stdout=log, stderr=log
             )
         return self

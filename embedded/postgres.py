@@ -2,8 +2,12 @@
 binaries, a cluster in a folder of ours, listening on 127.0.0.1 only, with a generated password.
 
 PostgreSQL refuses to run as root, so as root (CI) the cluster belongs to the ``postgres`` user and
-its commands run through ``runuser``; that user must be able to reach the folder, so a folder inside a
+its commands run as that user; that user must be able to reach the folder, so a folder inside a
 directory only root may enter (a home, a ``mktemp -d``) is kept in ``postgres``'s home and linked.
+
+The server is our own child (``postgres`` itself, not ``pg_ctl``, which detaches it into a session of
+its own where no signal of ours reaches it): ``stop()`` ends it with a fast shutdown, and if the
+process that started it dies first, the parent-death signal does (``embedded/lifecycle.py``).
 """
 
 from __future__ import annotations
@@ -13,12 +17,14 @@ import hashlib
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from embedded.lifecycle import spawn_server, stop_on_signals
 from embedded.triton_server import free_port
 
 USER = "sd"
@@ -46,6 +52,7 @@ class EmbeddedPostgres:
     port: int = field(default_factory=free_port)
     log_path: Path | None = None
     _as_postgres: bool = field(default=False, init=False)
+    process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self._as_postgres = os.geteuid() == 0
@@ -69,17 +76,67 @@ class EmbeddedPostgres:
         self._place()
         if not (self.cluster / "PG_VERSION").exists():
             self._init()
+        self._refuse_if_running()
         log = self.log_path or self.cluster / "server.log"
-        self._run(
-            "pg_ctl", "start", "--wait", f"--timeout={int(timeout_s)}", "-D", str(self.cluster), "-l", str(log),
-            "-o", f"-p {self.port} -k {self.cluster} -c listen_addresses=127.0.0.1 -c max_connections=200",
-        )  # fmt: skip
-        self.create_database(DATABASE)
+        command = [
+            str(bin_dir() / "postgres"), "-D", str(self.cluster), "-p", str(self.port), "-k", str(self.cluster),
+            "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=200",
+        ]  # fmt: skip
+        user = {"user": "postgres", "group": "postgres", "extra_groups": []} if self._as_postgres else {}
+        with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
+            # SIGINT is PostgreSQL's fast shutdown: sessions are ended, nothing is left to recover.
+            self.process = spawn_server(command, die_signal=signal.SIGINT, stdout=out, stderr=out, cwd="/", **user)
+        try:
+            self._wait_ready(timeout_s, log)
+            self.create_database(DATABASE)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
-    def stop(self) -> None:
-        if (self.cluster / "postmaster.pid").exists():
-            self._run("pg_ctl", "stop", "--wait", "-m", "fast", "-D", str(self.cluster), check=False)
+    def _refuse_if_running(self) -> None:
+        """A server of an earlier run still on this cluster (its pid file names a live process) is reported."""
+        pid_file = self.cluster / "postmaster.pid"
+        try:
+            pid = int(pid_file.read_text().split()[0])
+            os.kill(pid, 0)
+        except (OSError, ValueError, IndexError):
+            return  # none, or stale: PostgreSQL removes a stale pid file itself
+        raise PostgresError(
+            f"a PostgreSQL (pid {pid}) already runs on {self.data_dir}, perhaps left by an earlier run: "
+            f"stop it with `pg_ctl stop -D {self.cluster}` (as the postgres user when root)"
+        )
+
+    def _wait_ready(self, timeout_s: float, log: Path) -> None:
+        assert self.process is not None
+        ready = [str(bin_dir() / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)]
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+                raise PostgresError(f"postgres exited with {self.process.returncode} before it was ready:\n{tail}")
+            if subprocess.run(ready, capture_output=True, check=False).returncode == 0:
+                return
+            time.sleep(0.1)
+        raise PostgresError(f"PostgreSQL not ready after {timeout_s:.0f} s (log: {log})")
+
+    def stop(self, timeout_s: float = 30) -> None:
+        """Our server: a fast shutdown, waited for (then SIGQUIT, then SIGKILL). One started elsewhere on the
+        cluster (``pg_ctl``): ``pg_ctl stop``."""
+        if self.process is None:
+            if (self.cluster / "postmaster.pid").exists():
+                self._run("pg_ctl", "stop", "--wait", "-m", "fast", "-D", str(self.cluster), check=False)
+            return
+        for signum in (signal.SIGINT, signal.SIGQUIT, signal.SIGKILL):
+            if self.process.poll() is not None:
+                break
+            self.process.send_signal(signum)
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                continue
+        self.process.wait()
+        self.process = None
 
     def destroy(self) -> None:
         self.stop()
@@ -148,16 +205,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=".pgdata")
     parser.add_argument("--port", type=int, default=55432)
     args = parser.parse_args(argv)
-    server = EmbeddedPostgres(Path(args.data_dir), args.port).start()
-    print(f"PostgreSQL ready: SD_DATABASE_URL={server.url}", flush=True)
+    stop_on_signals()
+    server = EmbeddedPostgres(Path(args.data_dir), args.port)
     try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
+        server.start()
+        print(f"PostgreSQL ready: SD_DATABASE_URL={server.url}", flush=True)
+        assert server.process is not None
+        return server.process.wait()  # until a signal (or the server's own end)
+    except KeyboardInterrupt:  # SIGINT, SIGTERM, SIGHUP
+        return 0
     finally:
         server.stop()
-    return 0
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import secrets
 import sys
 from pathlib import Path
 
+from embedded.lifecycle import ignore_stop_signals, stop_on_signals
 from embedded.supervisor import Supervisor
 from embedded.tiny_model import build
 from embedded.triton_server import DEFAULT_MODEL_PATH, EmbeddedTriton, TritonStartError
@@ -52,16 +53,20 @@ def start_triton(args: argparse.Namespace) -> tuple[EmbeddedTriton, Supervisor |
         ready_timeout_s=args.ready_timeout,
     )
     print(f"starting tritonserver (log: {log_path}) ...", flush=True)
-    triton.start()
     supervisor = None
-    if args.supervise_interval > 0:
-        supervisor = Supervisor(
-            triton,
-            interval_s=args.supervise_interval,
-            probe_timeout_s=args.canary_timeout,
-            stall_s=args.stall,
-            report=lambda m: print(f"supervisor: {m}", flush=True),
-        ).start()
+    try:
+        triton.start()
+        if args.supervise_interval > 0:
+            supervisor = Supervisor(
+                triton,
+                interval_s=args.supervise_interval,
+                probe_timeout_s=args.canary_timeout,
+                stall_s=args.stall,
+                report=lambda m: print(f"supervisor: {m}", flush=True),
+            ).start()
+    except BaseException:  # a failed start, or a stop signal while it loads: nothing may be left running
+        stop_triton(triton, supervisor)
+        raise
     print(f"tritonserver ready: HTTP {triton.http_url}  gRPC {triton.grpc_url}", flush=True)
     return triton, supervisor
 
@@ -88,29 +93,35 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     add_triton_arguments(parser)
     args = parser.parse_args(argv)
+    stop_on_signals()  # the frontend's own handlers take over while it serves (SIGHUP included)
     try:
         triton, supervisor = start_triton(args)
     except TritonStartError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    os.environ.setdefault("SD_TRITON_URL", triton.grpc_url)
-    notes = fill_dev_credentials()
-
-    from frontend.__main__ import main as frontend_main
-    from frontend.settings import Settings
-
-    settings = Settings()
-    for note in notes:
-        print(note, flush=True)
-    print(
-        f"frontend: http://{settings.host}:{settings.port}  (POST /predict, GET /runs/ID, /readyz, /metrics)",
-        f"playground: http://{settings.host}:{settings.port}/  (paste the API key there)",
-        sep="\n",
-        flush=True,
-    )
+    except KeyboardInterrupt:  # stopped while Triton loaded
+        return 0
     try:
+        os.environ.setdefault("SD_TRITON_URL", triton.grpc_url)
+        notes = fill_dev_credentials()
+
+        from frontend.__main__ import main as frontend_main
+        from frontend.settings import Settings
+
+        settings = Settings()
+        for note in notes:
+            print(note, flush=True)
+        print(
+            f"frontend: http://{settings.host}:{settings.port}  (POST /predict, GET /runs/ID, /readyz, /metrics)",
+            f"playground: http://{settings.host}:{settings.port}/  (paste the API key there)",
+            sep="\n",
+            flush=True,
+        )
         frontend_main()
+    except KeyboardInterrupt:  # a stop signal before the frontend's own handlers were in place
+        pass
     finally:
+        ignore_stop_signals()
         stop_triton(triton, supervisor)
     return 0
 

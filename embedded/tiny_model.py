@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 SEED = 0
@@ -122,9 +125,18 @@ def build(folder: Path, *, force: bool = False) -> bool:
         return False
     if folder.exists() and any(folder.iterdir()) and not (folder / BUILD_STAMP).exists():
         raise FileExistsError(f"refusing to write into {folder}: it holds files this builder did not make")
-    folder.mkdir(parents=True, exist_ok=True)
-    build_pipeline().save_pretrained(folder, safe_serialization=True)
-    (folder / BUILD_STAMP).write_text(json.dumps({"version": BUILD_VERSION, "seed": SEED}))
+    # Built beside it and renamed into place: a build killed halfway leaves no stampless folder behind
+    # (which the rule above would then refuse forever).
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.building-", dir=folder.parent))
+    try:
+        build_pipeline().save_pretrained(staging, safe_serialization=True)
+        (staging / BUILD_STAMP).write_text(json.dumps({"version": BUILD_VERSION, "seed": SEED}))
+        if folder.exists():
+            shutil.rmtree(folder)  # empty, or an older build of ours (checked above)
+        os.replace(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return True
 
 

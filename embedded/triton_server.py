@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
+from embedded.lifecycle import STOP_SIGNALS, Stopped, spawn_server
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL_REPOSITORY = REPO_ROOT / "model_repository"
 DEFAULT_BUILD_DIR = REPO_ROOT / ".build" / "triton"
@@ -53,6 +55,18 @@ def copy_model_repository(destination: Path, replacements: dict[str, str]) -> Pa
         text = text.replace(old, new)
     config.write_text(text)
     return repository
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` still runs (a zombie waiting for its reaper does not count)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # exited meanwhile
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":  # after the name: state, ppid, pgrp
+            return True
+    return False
 
 
 class TritonStartError(RuntimeError):
@@ -123,6 +137,7 @@ class EmbeddedTriton:
     log_file: Path | None = None
     extra_args: list[str] = field(default_factory=list)
     python_path: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)  # added to the server's environment
     # The Python backend's shared-memory regions get this per-server prefix, so the ones a killed server
     # (or a SIGKILLed stub) leaves in /dev/shm can be removed: 16 MiB each otherwise, until reboot.
     shm_prefix: str = field(default_factory=lambda: f"triton_sd_{os.getpid()}_{secrets.token_hex(4)}")
@@ -193,18 +208,21 @@ class EmbeddedTriton:
         if self.process is not None and self.process.poll() is None:
             raise RuntimeError("tritonserver is already running")
         self.remove_shm_regions()
-        self.process = subprocess.Popen(
+        self.process = spawn_server(  # its own session: our signal handlers decide what reaches it
             self.command(),
-            env=server_environment(self.model_path, self.python_path),
+            env={**server_environment(self.model_path, self.python_path), **self.env},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
             errors="replace",
-            start_new_session=True,  # our signal handlers decide what reaches it
         )
         self._reader = threading.Thread(target=self._read_logs, name="tritonserver-logs", daemon=True)
         self._reader.start()
-        self.wait_ready()
+        try:
+            self.wait_ready()
+        except BaseException:  # not ready, or interrupted while loading: nothing is left running
+            self.stop()
+            raise
         return self
 
     def _read_logs(self) -> None:
@@ -268,9 +286,13 @@ class EmbeddedTriton:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        # A SIGKILLed tritonserver leaves its Python stub running (it shares the server's session/group).
+        # A SIGKILLed tritonserver leaves its Python stub running (it shares the server's session/group);
+        # wait until the group is gone, so that whoever stops us finds the ports and processes free.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while group_alive(self.process.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
         self._join_reader()
         if self.process.stdout is not None:
             self.process.stdout.close()
@@ -309,25 +331,36 @@ def main(argv: list[str] | None = None) -> int:
         extra_args=extra,
     )
 
-    def forward(signum: int, _frame: FrameType | None) -> None:
-        server.send_signal(signum)
+    stopping: list[int] = []
 
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, forward)
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        # Any stop signal is a graceful stop (tritonserver would die on SIGHUP and leave its stub).
+        stopping.append(signum)
+        if server.process is None:  # not started yet: nothing to forward it to
+            raise Stopped(signum)
+        server.send_signal(signal.SIGTERM)
+
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, stop)
     try:
         server.start()
+        print(
+            f"tritonserver ready: HTTP {server.http_url}  gRPC {server.grpc_url}  "
+            f"metrics {server.host}:{server.metrics_port}",
+            flush=True,
+        )
+        assert server.process is not None
+        code = server.process.wait()
     except TritonStartError as exc:
+        if stopping:  # stopped while it loaded: not a failure to start
+            return 0
         print(f"\nerror: {exc}", file=sys.stderr)
         return 1
-    print(
-        f"tritonserver ready: HTTP {server.http_url}  gRPC {server.grpc_url}  "
-        f"metrics {server.host}:{server.metrics_port}",
-        flush=True,
-    )
-    assert server.process is not None
-    code = server.process.wait()
-    server._join_reader()
-    return code
+    except Stopped:
+        return 0
+    finally:
+        server.stop()  # the stub and the shared-memory regions too
+    return 0 if stopping else code
 
 
 if __name__ == "__main__":

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import base64
 import itertools
+import json
+import os
 import shutil
 import sys
 import tempfile
+import time
+import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -17,11 +21,21 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 MODEL_VERSION_DIR = REPO_ROOT / "model_repository" / "sd_img2img" / "1"
 sys.path.insert(0, str(MODEL_VERSION_DIR))  # img2img_requests / img2img_pipeline, as the stub sees them
 
+from embedded.lifecycle import stop_on_signals  # noqa: E402
 from embedded.postgres import EmbeddedPostgres  # noqa: E402
-from embedded.triton_server import DEFAULT_MODEL_REPOSITORY, EmbeddedTriton  # noqa: E402
+from embedded.triton_server import DEFAULT_MODEL_REPOSITORY, EmbeddedTriton, copy_model_repository  # noqa: E402
 
 from .e2e.servers import png_bytes  # noqa: E402
-from .support import API_KEYS, Frontend, start_triton  # noqa: E402
+from .support import API_KEYS, PACE_MS, PACE_S, Frontend, paced, start_triton  # noqa: E402
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # SIGTERM and SIGHUP (a CI time-out, a closed terminal) end the session like Ctrl-C: pytest then tears
+    # the session's fixtures down, so no server it started outlives it.
+    stop_on_signals()
+    # The settings of the developer's own shell (an exported SD_DATABASE_URL, say) never reach a test.
+    for name in [name for name in os.environ if name.startswith("SD_")]:
+        del os.environ[name]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -46,6 +60,52 @@ def tiny_model_path() -> Path:
 def triton(tiny_model_path: Path) -> Iterator[EmbeddedTriton]:
     """One real tritonserver on free ports, shared by the integration and end-to-end tests."""
     server = start_triton(DEFAULT_MODEL_REPOSITORY, tiny_model_path)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def paced_triton(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedTriton]:
+    """A second tritonserver on the paced model (``PACE_MS`` per step), for tests that need long runs.
+
+    Its batcher waits up to 200 ms for a batch, so requests sent together meet in one call however
+    loaded the machine is; and torch runs one thread: two threads' barriers on a machine whose cores
+    are busy made a 60-step batch of 2 take over 250 s, against a few seconds on one thread."""
+    repository = copy_model_repository(
+        tmp_path_factory.mktemp("paced"),
+        {
+            **paced(),
+            "max_queue_delay_microseconds: 20000": "max_queue_delay_microseconds: 200000",
+        },
+    )
+    server = start_triton(repository, tiny_model_path, env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def paced_frontend(paced_triton: EmbeddedTriton, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Frontend]:
+    """A frontend on the paced Triton; checks first that the pace holds (a loud failure, not a wrong one)."""
+    server = Frontend(tmp_path_factory.mktemp("paced-frontend"), paced_triton.grpc_url).start()
+    try:
+        steps = 10
+        body = {"prompt": "pace", "image": base64.b64encode(png_bytes()).decode(), "seed": 1, "strength": 1.0}
+        request = urllib.request.Request(
+            f"{server.url}/predict",
+            data=json.dumps({**body, "num_inference_steps": steps}).encode(),
+            headers={"Authorization": API_KEYS[0], "Content-Type": "application/json"},
+        )
+        started = time.monotonic()
+        with urllib.request.urlopen(request, timeout=120) as answer:  # noqa: S310 - http://127.0.0.1
+            assert answer.status == 200
+        took = time.monotonic() - started
+        assert took >= steps * PACE_S, (
+            f"the paced model ran {steps} steps in {took:.2f} s; the run-control tests need at least "
+            f"{steps * PACE_S:.2f} s: is min_step_ms={PACE_MS} in its config.pbtxt?"
+        )
+    except BaseException:
+        server.stop()
+        raise
     yield server
     server.stop()
 

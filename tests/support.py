@@ -16,10 +16,25 @@ __all__ = [
     "SEED_CURL_BODY",
     "WEBHOOK_SECRET",
     "Frontend",
+    "PACE_MS",
+    "PACE_S",
+    "paced",
     "free_port",
     "random_image",
     "start_triton",
 ]
+
+# The paced model (tests/conftest.py ``paced_triton``): every denoising step lasts at least this long
+# (config.pbtxt min_step_ms), so a run of N steps is in the model for at least N * PACE_S on any machine.
+PACE_MS = 40
+PACE_S = PACE_MS / 1000
+_UNPACED = '"min_step_ms" value: { string_value: "0" }'
+
+
+def paced(min_step_ms: int = PACE_MS) -> dict[str, str]:
+    """The config.pbtxt change (for ``copy_model_repository``) that makes each step last ``min_step_ms``."""
+    return {_UNPACED: _UNPACED.replace('"0"', f'"{min_step_ms}"')}
+
 
 # The hosted API's example body exactly as its doc prints it: two commas are missing.
 SEED_CURL_BODY = """{
@@ -45,5 +60,7 @@ def random_image(size: tuple[int, int] = (64, 64), seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)
 
 
-def start_triton(model_repository: Path, model_path: Path) -> EmbeddedTriton:
-    return EmbeddedTriton.on_free_ports(model_repository, model_path, ready_timeout_s=240).start()
+def start_triton(model_repository: Path, model_path: Path, env: dict[str, str] | None = None) -> EmbeddedTriton:
+    server = EmbeddedTriton.on_free_ports(model_repository, model_path, ready_timeout_s=240)
+    server.env = env or {}
+    return server.start()

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.workload import Workload
+from embedded.lifecycle import stop_on_signals
 
 PHASES = ("direct", "map", "designs", "speed", "e2e")
 # The default hosted-API request: 512x512, 50 steps at strength 0.8 (40 denoising steps), guidance 7.5.
@@ -124,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--design", default="", help="invariant_modules for e2e/speed when designs did not run")
     parser.add_argument("--cuda-graphs", action="store_true", help="e2e with cuda_graphs when speed did not run")
     args = parser.parse_args(argv)
+    stop_on_signals()  # SIGTERM, SIGHUP and Ctrl-C still run the cleanup that stops the servers
     phases = [p.strip() for p in args.phases.split(",") if p.strip()]
     unknown = set(phases) - set(PHASES)
     if unknown:

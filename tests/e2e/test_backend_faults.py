@@ -13,7 +13,7 @@ import pytest
 
 from embedded.triton_server import EmbeddedTriton, copy_model_repository
 
-from ..support import API_KEYS, Frontend, start_triton
+from ..support import API_KEYS, Frontend, paced, start_triton
 from .test_predict import seed_body
 
 pytestmark = pytest.mark.integration
@@ -21,7 +21,9 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def small_queue_triton(tmp_path: Path, tiny_model_path: Path) -> Iterator[EmbeddedTriton]:
-    server = start_triton(copy_model_repository(tmp_path, {"max_queue_size: 32": "max_queue_size: 1"}), tiny_model_path)
+    # Paced, so the first batch holds the model while the other requests arrive, on any machine.
+    config = {"max_queue_size: 32": "max_queue_size: 1", **paced()}
+    server = start_triton(copy_model_repository(tmp_path, config), tiny_model_path)
     yield server
     server.stop()
 

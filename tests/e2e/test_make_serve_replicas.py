@@ -68,7 +68,7 @@ async def test_make_serve_replicas_serves_one_store_from_three_frontends_and_ctr
     assert any("tritonserver" in command for command in commands), commands
     _, alive = psutil.wait_procs(started, timeout=30)
     assert not alive, f"still running after Ctrl-C: {[command_line(p) for p in alive]}"
-    # PostgreSQL runs detached from make (pg_ctl starts it): it is stopped when its pid file is gone.
+    # PostgreSQL runs in a session of its own (only the launcher stops it): stopped when its pid file is gone.
     assert cluster_stopped
 
 

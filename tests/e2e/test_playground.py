@@ -40,8 +40,9 @@ INJECTION = '<img src=x onerror="window.__pwned=1">'
 
 
 @pytest.fixture(scope="module")
-def site(triton: EmbeddedTriton, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Frontend]:
-    server = Frontend(tmp_path_factory.mktemp("playground"), triton.grpc_url).start()
+def site(paced_triton: EmbeddedTriton, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Frontend]:
+    """On the paced model (PACE_MS a step): Cancel meets a running generation on any machine."""
+    server = Frontend(tmp_path_factory.mktemp("playground"), paced_triton.grpc_url).start()
     yield server
     server.stop()
 
@@ -217,8 +218,8 @@ def test_a_script_in_the_prompt_is_shown_as_text_and_runs_nothing(page: Page, in
 
 
 def test_cancel_stops_a_running_generation(page: Page, init_png: Path) -> None:
-    # long enough on the tiny model to cancel mid-denoise (tests/e2e/test_run_control.py), times 4 images
-    fill_form(page, init_png, "a long one", Steps="150", Strength="1", Seed="9", **{"Number of images": "4"})
+    # 150 steps on the paced model: at least 6 s, long enough to cancel mid-denoise on any machine
+    fill_form(page, init_png, "a long one", Steps="150", Strength="1", Seed="9")
     cancel = page.get_by_role("button", name="Cancel", exact=True)
     expect(cancel).to_be_disabled()
     page.get_by_role("button", name="Generate", exact=True).click()

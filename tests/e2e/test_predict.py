@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 from PIL import Image
 
-from ..support import API_KEYS, SEED_CURL_BODY, Frontend, request_body
+from ..support import API_KEYS, SEED_CURL_BODY, EmbeddedTriton, Frontend, request_body
 from .servers import Listener, file_server_app, png_bytes
 
 pytestmark = pytest.mark.integration
@@ -256,9 +256,9 @@ async def test_triton_down_is_503_with_retry_after(
 
 
 async def test_triton_too_slow_is_504(
-    http: aiohttp.ClientSession, make_frontend: Callable[..., Frontend], image_b64: str
+    http: aiohttp.ClientSession, make_frontend: Callable[..., Frontend], paced_triton: EmbeddedTriton, image_b64: str
 ) -> None:
-    impatient = make_frontend(SD_TRITON_TIMEOUT_S="0.05")
+    impatient = make_frontend(triton_url=paced_triton.grpc_url, SD_TRITON_TIMEOUT_S="0.05")  # the run takes >= 6 s
     body = seed_body(image_b64, num_inference_steps=150, strength=1.0)
     status, answer, _ = await post(http, impatient, body)
     assert (status, answer["error"]["code"]) == (504, "backend_timeout")

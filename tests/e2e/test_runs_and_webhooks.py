@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from standardwebhooks import Webhook
 
-from ..support import API_KEYS, WEBHOOK_SECRET, Frontend, free_port
+from ..support import API_KEYS, WEBHOOK_SECRET, EmbeddedTriton, Frontend, free_port
 from .servers import Listener, WebhookReceiver
 from .test_predict import post, seed_body
 
@@ -93,9 +93,9 @@ async def test_webhook_410_stops_retrying(http: aiohttp.ClientSession, frontend:
 
 
 async def test_failed_run_is_delivered_with_its_error(
-    http: aiohttp.ClientSession, make_frontend: Callable[..., Frontend], image_b64: str
+    http: aiohttp.ClientSession, make_frontend: Callable[..., Frontend], paced_triton: EmbeddedTriton, image_b64: str
 ) -> None:
-    impatient = make_frontend(SD_TRITON_TIMEOUT_S="0.05")
+    impatient = make_frontend(triton_url=paced_triton.grpc_url, SD_TRITON_TIMEOUT_S="0.05")  # the run takes >= 6 s
     receiver = WebhookReceiver()
     listener = await Listener(receiver.app()).start()
     try:
@@ -120,9 +120,11 @@ async def test_restart_with_an_undelivered_webhook_still_delivers_it(
     status, accepted, _ = await post(http, first, body)
     assert status == 202
     view = await wait_for_run(http, first, accepted["run_id"], "succeeded")
-    await asyncio.sleep(0.5)
-    async with http.get(f"{first.url}/runs/{accepted['run_id']}") as response:
-        view = await response.json()
+    deadline = time.monotonic() + 30
+    while view["webhook"]["attempts"] < 1 and time.monotonic() < deadline:  # its first delivery was refused
+        await asyncio.sleep(0.1)
+        async with http.get(f"{first.url}/runs/{accepted['run_id']}") as response:
+            view = await response.json()
     assert view["webhook"]["status"] == "pending" and view["webhook"]["attempts"] >= 1
     first.stop(signal.SIGKILL)  # no goodbye: only the store remembers
 
@@ -173,20 +175,24 @@ async def test_operations_endpoints(http: aiohttp.ClientSession, frontend: Front
 
 
 async def test_run_interrupted_by_a_crash_is_resumed_after_restart(
-    http: aiohttp.ClientSession, make_frontend: Callable[..., Frontend], image_b64: str, tmp_path: Path
+    http: aiohttp.ClientSession,
+    make_frontend: Callable[..., Frontend],
+    paced_triton: EmbeddedTriton,
+    image_b64: str,
+    tmp_path: Path,
 ) -> None:
     data_dir = tmp_path / "crash"
     receiver = WebhookReceiver()
     listener = await Listener(receiver.app()).start()
     try:
-        first = make_frontend(data_dir=data_dir)
+        first = make_frontend(data_dir=data_dir, triton_url=paced_triton.grpc_url)  # the run takes >= 6 s
         body = seed_body(image_b64, num_inference_steps=150, strength=1.0, webhook_endpoint=f"{listener.base}/hook")
         status, accepted, _ = await post(http, first, body)
         assert status == 202
         await wait_for_run(http, first, accepted["run_id"], "processing")
         first.stop(signal.SIGKILL)
         assert not receiver.received
-        second = make_frontend(data_dir=data_dir)
+        second = make_frontend(data_dir=data_dir, triton_url=paced_triton.grpc_url)
         await receiver.wait_delivered(timeout_s=60)
         view = await wait_for_run(http, second, accepted["run_id"], "succeeded")
     finally:
@@ -196,10 +202,14 @@ async def test_run_interrupted_by_a_crash_is_resumed_after_restart(
 
 
 async def test_synchronous_run_cut_by_a_crash_is_marked_failed_not_left_processing(
-    http: aiohttp.ClientSession, make_frontend: Callable[..., Frontend], image_b64: str, tmp_path: Path
+    http: aiohttp.ClientSession,
+    make_frontend: Callable[..., Frontend],
+    paced_triton: EmbeddedTriton,
+    image_b64: str,
+    tmp_path: Path,
 ) -> None:
     data_dir = tmp_path / "crash-sync"
-    first = make_frontend(data_dir=data_dir)
+    first = make_frontend(data_dir=data_dir, triton_url=paced_triton.grpc_url)  # the run takes >= 6 s
     request = asyncio.create_task(post(http, first, seed_body(image_b64, num_inference_steps=150, strength=1.0)))
     run_id = await accepted_run_id(first)  # recorded before it runs
     async with http.get(f"{first.url}/runs/{run_id}") as response:
@@ -214,9 +224,9 @@ async def test_synchronous_run_cut_by_a_crash_is_marked_failed_not_left_processi
 
 
 async def test_graceful_shutdown_finishes_in_flight_requests(
-    http: aiohttp.ClientSession, make_frontend: Callable[..., Frontend], image_b64: str
+    http: aiohttp.ClientSession, make_frontend: Callable[..., Frontend], paced_triton: EmbeddedTriton, image_b64: str
 ) -> None:
-    server = make_frontend()
+    server = make_frontend(triton_url=paced_triton.grpc_url)  # the run takes >= 6 s
     request = asyncio.create_task(post(http, server, seed_body(image_b64, num_inference_steps=150, strength=1.0)))
     run_id = await accepted_run_id(server)
     async with http.get(f"{server.url}/runs/{run_id}") as response:

@@ -1,10 +1,10 @@
 """Busy is not dead, on a real tritonserver: the supervisor, the Kubernetes liveness probe and ``/readyz``.
 
-One long request (the tiny model at 512x512 with many steps: the stub is held for tens of seconds, as a
-full-size model holds it for minutes on a CPU) must cause no restart, no failed probe and no 503, while
-the probes run with timeouts far shorter than the work. Then the same supervisor must still see real
-deaths: a SIGKILLed stub is restarted within 5 s, and a frozen stub (SIGSTOP: alive, no progress) after
-its stall time.
+One long request (30 steps on the tiny model paced at 500 ms a step: the stub is held for at least 15 s
+on any machine, as a full-size model holds it for minutes on a CPU) must cause no restart, no failed
+probe and no 503, while the probes run with timeouts far shorter than the work. Then the same
+supervisor must still see real deaths: a SIGKILLed stub is restarted within 5 s, and a frozen stub
+(SIGSTOP: alive, no progress) after its stall time.
 """
 
 from __future__ import annotations
@@ -25,22 +25,23 @@ import psutil
 import pytest
 
 from embedded.supervisor import Supervisor
-from embedded.triton_server import DEFAULT_MODEL_REPOSITORY, REPO_ROOT, EmbeddedTriton
+from embedded.triton_server import REPO_ROOT, EmbeddedTriton, copy_model_repository
 
 from ..e2e.servers import png_bytes
-from ..support import API_KEYS, Frontend, request_body, start_triton
+from ..support import API_KEYS, Frontend, paced, request_body, start_triton
 
 pytestmark = pytest.mark.integration
 CANARY = REPO_ROOT / "docker" / "triton_canary.py"
 PROBE_TIMEOUT_S = 1.0  # far shorter than the work: a canary behind it always times out
 STALL_S = 5.0  # longer than any gap between denoising steps of the long request
+STEP_MS = 500  # the model's pace here: 30 steps hold the stub for at least 15 s
 STUB = "triton_python_backend_stub"
 READYZ = {"SD_READYZ_CACHE_S": "0.5", "SD_CANARY_TIMEOUT_S": "1"}
 
 
 @pytest.fixture
-def supervised(tiny_model_path: Path) -> Iterator[tuple[EmbeddedTriton, Supervisor]]:
-    triton = start_triton(DEFAULT_MODEL_REPOSITORY, tiny_model_path)
+def supervised(tiny_model_path: Path, tmp_path: Path) -> Iterator[tuple[EmbeddedTriton, Supervisor]]:
+    triton = start_triton(copy_model_repository(tmp_path, paced(STEP_MS)), tiny_model_path)
     supervisor = Supervisor(
         triton, interval_s=0.5, probe_timeout_s=PROBE_TIMEOUT_S, stall_s=STALL_S, failures_to_restart=2
     ).start()
@@ -92,8 +93,8 @@ async def test_long_work_is_busy_not_dead_and_real_deaths_are_still_restarted(
     idle = Frontend(tmp_path / "idle", triton.grpc_url, READYZ).start()  # its /readyz must use a canary
     readyz: dict[str, list[int]] = {"working": [], "idle": []}
     probes: list[tuple[int, str]] = []
-    # 512x512, 30 steps: the tiny model's stub is busy for tens of seconds in one pipeline call.
-    image = base64.b64encode(png_bytes((512, 512))).decode()
+    # 30 steps at STEP_MS: the stub is busy for at least 15 s in one pipeline call.
+    image = base64.b64encode(png_bytes((128, 128))).decode()
     long_body = {"prompt": "long", "image": image, "num_inference_steps": 30, "strength": 1.0, "seed": 1}
     try:
         async with aiohttp.ClientSession(headers={"Authorization": API_KEYS[0]}) as http:

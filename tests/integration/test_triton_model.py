@@ -13,7 +13,7 @@ import pytest
 from embedded.triton_calls import Answer, Caller, Img2Img
 from embedded.triton_server import EmbeddedTriton, copy_model_repository
 
-from ..support import random_image, start_triton
+from ..support import paced, random_image, start_triton
 
 pytestmark = pytest.mark.integration
 
@@ -107,7 +107,8 @@ def test_invalid_request_amid_valid_ones_is_refused_alone(caller: Caller, bad: I
 
 
 def test_full_queue_is_rejected_at_once_with_503(tmp_path: Path, tiny_model_path: Path) -> None:
-    repository = copy_model_repository(tmp_path, {"max_queue_size: 32": "max_queue_size: 2"})
+    # Paced: the first batch holds the model (40 steps of PACE_MS) while the rest arrive, on any machine.
+    repository = copy_model_repository(tmp_path, {"max_queue_size: 32": "max_queue_size: 2", **paced()})
     server = start_triton(repository, tiny_model_path)
     try:
         caller = Caller(server.http_url)

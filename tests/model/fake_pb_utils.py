@@ -79,9 +79,16 @@ class Metric:
         Metric.made.append(self)
 
     def increment(self, value: float) -> None:
+        self._check()
+        self.value += value
+
+    def set(self, value: float) -> None:
+        self._check()
+        self.value = value
+
+    def _check(self) -> None:
         if self._family() is None:  # as Triton: a metric whose family was garbage-collected refuses
             raise TritonModelException("Invalid metric operation as the corresponding 'MetricFamily' has been deleted")
-        self.value += value
 
 
 class Logger:

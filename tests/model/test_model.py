@@ -115,8 +115,7 @@ def test_a_failing_call_fails_only_its_own_requests(model: Any, monkeypatch: pyt
 
 def test_every_denoising_step_moves_the_step_metric(model: Any) -> None:
     """Liveness probes tell a busy model from a hung one by this counter (docker/triton_canary.py)."""
-    (metric,) = [m for m in pb.Metric.made if m.labels["model"] == "sd_img2img"]  # this fixture's model
-    assert metric.name == "sd_img2img_denoising_steps_total"
+    (metric,) = [m for m in pb.Metric.made if m.name == "sd_img2img_denoising_steps_total"]  # this fixture's model
     assert metric.labels == {"model": "sd_img2img", "version": "1"}
     before, unet_calls = metric.value, []
     hook = model.runner.pipe.unet.register_forward_hook(lambda *_: unet_calls.append(1))
@@ -126,6 +125,22 @@ def test_every_denoising_step_moves_the_step_metric(model: Any) -> None:
         hook.remove()
     assert len(unet_calls) >= 4  # each call runs at least 2 steps (4 x strength 0.5; PNDM adds one)
     assert metric.value - before == len(unet_calls)  # one UNet pass per denoising step
+
+
+def test_the_executing_gauge_counts_the_requests_inside_execute_and_is_zero_after(model: Any) -> None:
+    """Tests and operators tell an idle model from a busy one by it (Triton's gauge counts queued ones only)."""
+    (gauge,) = [m for m in pb.Metric.made if m.name == "sd_img2img_requests_executing"]  # this fixture's model
+    assert gauge.labels == {"model": "sd_img2img", "version": "1"}
+    seen: list[float] = []
+    hook = model.runner.pipe.unet.register_forward_hook(lambda *_: seen.append(gauge.value))
+    try:
+        model.execute([request(seed=1), request(size=24), request(seed=3)])
+    finally:
+        hook.remove()
+    assert seen and set(seen) == {3}
+    assert gauge.value == 0
+    model.execute([request(size=7)])  # answered INVALID_ARG: still back to 0
+    assert gauge.value == 0
 
 
 def test_cancelled_request_is_answered_cancelled_and_others_run(model: Any) -> None:
@@ -178,6 +193,8 @@ def test_config_parameters_reach_the_model(
         ({"max_images_per_call": "2"}, "max_images_per_call"),
         ({"invariant_modules": "conv3d"}, "invariant_modules: unknown kind 'conv3d'"),
         ({"invariant_modules": "linear:0"}, "rows for 'linear' must be 1 to 64 but is 0"),
+        ({"min_step_ms": "-5"}, "min_step_ms must be a whole number of milliseconds, at least 0, but is '-5'"),
+        ({"min_step_ms": "soon"}, "min_step_ms must be a whole number .* but is 'soon'"),
     ],
 )
 def test_bad_config_fails_initialize(

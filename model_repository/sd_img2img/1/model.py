@@ -30,6 +30,7 @@ _honour_pythonpath()
 
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
+from step_pace import StepPace  # noqa: E402
 
 from img2img_requests import (  # noqa: E402
     Defaults,
@@ -58,6 +59,7 @@ MODEL_PATH_ENV = "SD_MODEL_PATH"
 # Moves inside a long pipeline call, where Triton's own counts move only at its end: liveness probes
 # (docker/triton_canary.py) tell a busy model from a hung one by it.
 STEP_METRIC = "sd_img2img_denoising_steps_total"
+EXECUTING_METRIC = "sd_img2img_requests_executing"
 
 
 def _parameter(config: dict[str, Any], name: str, default: str) -> str:
@@ -113,6 +115,13 @@ class TritonPythonModel:
 
         invariant_modules = _parameter(config, "invariant_modules", "auto")
         graphs = _parameter(config, "cuda_graphs", "auto")
+        min_step_ms = _parameter(config, "min_step_ms", "0")
+        try:
+            self.pace = StepPace(int(min_step_ms) / 1000)
+        except ValueError as exc:
+            raise pb_utils.TritonModelException(
+                f"parameter min_step_ms must be a whole number of milliseconds, at least 0, but is {min_step_ms!r}"
+            ) from exc
 
         self.logger.log_info(
             f"{self.model_name}: loading {model_path} on {device} as {dtype} "
@@ -139,9 +148,15 @@ class TritonPythonModel:
             description="Denoising steps run by the pipeline (one per step of a pipeline call)",
             kind=pb_utils.MetricFamily.COUNTER,
         )
-        self.steps = self.step_family.Metric(
-            labels={"model": self.model_name, "version": args.get("model_version", "1")}
+        labels = {"model": self.model_name, "version": args.get("model_version", "1")}
+        self.steps = self.step_family.Metric(labels=labels)
+        # Triton's own gauge counts queued requests only; this one, those inside execute() now.
+        self.executing_family = pb_utils.MetricFamily(
+            name=EXECUTING_METRIC,
+            description="Requests inside the model's execute() now (0: the model is idle)",
+            kind=pb_utils.MetricFamily.GAUGE,
         )
+        self.executing = self.executing_family.Metric(labels=labels)
         self.limits = Limits(
             min_image_side=self.runner.min_image_side,
             max_image_side=int(_parameter(config, "max_image_side", "1024")),
@@ -155,6 +170,13 @@ class TritonPythonModel:
             )
 
     def execute(self, requests: list[Any]) -> list[Any]:
+        self.executing.set(len(requests))
+        try:
+            return self._execute(requests)
+        finally:
+            self.executing.set(0)
+
+    def _execute(self, requests: list[Any]) -> list[Any]:
         # 1. Validate each request on its own; a bad one is answered now, the rest go on.
         responses: list[Any] = [None] * len(requests)
         valid: list[Img2ImgRequest] = []
@@ -195,8 +217,13 @@ class TritonPythonModel:
         def all_cancelled() -> bool:
             return all(requests[r.index].is_cancelled() for r in call.requests)
 
+        def on_step() -> None:
+            self.pace.step()
+            self.steps.increment(1)
+
+        self.pace.start()
         try:
-            images = self.runner.run(call, should_stop=all_cancelled, on_step=lambda: self.steps.increment(1))
+            images = self.runner.run(call, should_stop=all_cancelled, on_step=on_step)
         except Exception as exc:  # a failing call fails only its own requests
             self.logger.log_error(f"{self.model_name}: pipeline call {call.key} failed: {exc!r}")
             for request in call.requests:
