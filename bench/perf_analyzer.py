@@ -16,6 +16,7 @@ import sysconfig
 from pathlib import Path
 
 from bench.workload import Workload
+from embedded import prereqs
 
 CUDA_RUNTIME = "nvidia-cuda-runtime-cu12==12.9.79"
 
@@ -44,17 +45,12 @@ def missing_libraries() -> list[str]:
 
 
 def ensure_installed() -> None:
-    """Install libb64-0d (apt, needs root) and the CUDA runtime wheel if the binary cannot load them."""
+    """Install libb64-0d (``embedded.prereqs``) and the CUDA runtime wheel if the binary cannot load them."""
     missing = missing_libraries()
     if any(lib.startswith("libcudart") for lib in missing):
         subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", CUDA_RUNTIME], check=True)
     if any(lib.startswith("libb64") for lib in missing_libraries()):
-        apt = shutil.which("apt-get")
-        if apt is None:
-            raise RuntimeError("perf_analyzer needs libb64-0d: install it with your package manager")
-        sudo = [] if os.geteuid() == 0 else ["sudo"]
-        subprocess.run([*sudo, apt, "update", "-qq"], check=True)
-        subprocess.run([*sudo, apt, "install", "-y", "-qq", "libb64-0d"], check=True)
+        prereqs.ensure("perf-analyzer")  # Debian's libb64-0d, as `make perf-analyzer` installs it
     still = missing_libraries()
     if still:
         raise RuntimeError(f"perf_analyzer still misses {still}")
