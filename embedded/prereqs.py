@@ -23,9 +23,6 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-FIREFOX = os.environ.get("FIREFOX", "/usr/bin/firefox-esr")
-
 
 @dataclass(frozen=True)
 class Tool:
@@ -35,8 +32,14 @@ class Tool:
     needs: str | None = None  # a tool that must be present before this one's package is asked for
 
 
-def _executable(path: str) -> Callable[[], str | None]:
-    return lambda: path if os.access(path, os.X_OK) else None
+def _executable(variable: str, default: str) -> Callable[[], str | None]:
+    """The path in ``variable`` (as the browser tests read it), else ``default``, if it is executable."""
+
+    def probe() -> str | None:
+        path = os.environ.get(variable, default)
+        return path if os.access(path, os.X_OK) else None
+
+    return probe
 
 
 def _on_path(command: str) -> Callable[[], str | None]:
@@ -61,9 +64,9 @@ def _shared_library(soname: str) -> Callable[[], str | None]:
 GROUPS: dict[str, tuple[Tool, ...]] = {
     # The playground's browser tests: Playwright drives chromium; puppeteer-core (npm) drives firefox-esr.
     "browser": (
-        Tool("chromium", "chromium", _executable(CHROMIUM)),
+        Tool("chromium", "chromium", _executable("CHROMIUM", "/usr/bin/chromium")),
         Tool("curl", "curl", _on_path("curl")),  # the copy-as-curl snippet's test runs it
-        Tool("firefox-esr", "firefox-esr", _executable(FIREFOX)),
+        Tool("firefox-esr", "firefox-esr", _executable("FIREFOX", "/usr/bin/firefox-esr")),
         Tool("node", "nodejs", _on_path("node")),
         Tool("npm", "npm", _on_path("npm"), needs="node"),
     ),

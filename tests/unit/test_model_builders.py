@@ -41,3 +41,27 @@ def test_builders_refuse_a_folder_they_did_not_make(tmp_path: Path, builder: obj
     with pytest.raises(FileExistsError, match="did not make"):
         builder(checkpoint)  # type: ignore[operator]
     assert fingerprint(checkpoint) == before
+
+
+def test_a_tiny_build_killed_halfway_leaves_nothing_and_the_next_build_succeeds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It builds beside the folder and renames into place: a half-written, stampless folder would be
+    refused by every later build as "not ours"."""
+    folder = tmp_path / "tiny"
+    real = tiny_model.build_pipeline()
+
+    class Killed(BaseException):
+        pass
+
+    class HalfSaved:
+        def save_pretrained(self, path: Path, **_: object) -> None:
+            (Path(path) / "model_index.json").write_text("{}")  # some files written, then the process dies
+            raise Killed
+
+    monkeypatch.setattr(tiny_model, "build_pipeline", HalfSaved)
+    with pytest.raises(Killed):
+        tiny_model.build(folder)
+    assert not folder.exists() and list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(tiny_model, "build_pipeline", lambda: real)
+    assert tiny_model.build(folder) and tiny_model.is_built(folder)
