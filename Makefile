@@ -94,12 +94,14 @@ reliability: model model-sd15 postgres
 	$(PY) -m tests.reliability.report; report=$$?; \
 	$(PY) -m bench.real_size --model-path $(SD15_DIR) && exit $$(( status || report ))
 
-# Every benchmark side by side (about 16 min here); writes docs/benchmarks.md, docs/img/*.png, docs/bench-replicas.md.
+# Every benchmark side by side (about 20 min here); writes docs/benchmarks.md, docs/img/*.png, docs/bench-replicas.md,
+# docs/step-batching.md (step against request batching: mixed settings, head-of-line blocking).
 # On a GPU machine: make bench BENCH_ARGS="--model-path /weights/sd15 --size 512 --steps 50 --strength 0.8"
 BENCH_ARGS ?=
 bench: model postgres perf-analyzer
 	$(PY) -m bench.run_all $(BENCH_ARGS)
 	$(PY) -m bench.replicas
+	$(PY) -m bench.step_batching
 
 # The run store's added latency (PostgreSQL vs SQLite) and 1 vs 3 frontends on one Triton (about 6 min);
 # writes docs/bench-replicas.md. Part of make bench.
@@ -127,6 +129,7 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy embedded bench frontend model_repository/sd_img2img/1
 	$(VENV)/bin/mypy client/sd_img2img_client
+	$(VENV)/bin/mypy model_repository/sd_img2img_progress/1
 
 clean:
 	rm -rf .build .models

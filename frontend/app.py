@@ -22,6 +22,7 @@ from .netguard import guarded_socket_factory
 from .readiness import Readiness
 from .runs.execute import RunExecutor
 from .runs.history import RunHistory
+from .runs.progress import ProgressFeed
 from .runs.recovery import keep_leases
 from .runs.retention import expire_forever
 from .runs.service import RunService
@@ -103,7 +104,9 @@ async def _session(app: web.Application) -> AsyncIterator[None]:
 def _backend(given: TritonBackend | None):  # type: ignore[no-untyped-def]  # a cleanup_ctx factory
     async def backend_ctx(app: web.Application) -> AsyncIterator[None]:
         settings = app[SETTINGS]
-        backend = given or TritonBackend(settings.triton_url, settings.triton_model, settings.triton_timeout_s)
+        backend = given or TritonBackend(
+            settings.triton_url, settings.triton_model, settings.triton_timeout_s, settings.triton_progress_model
+        )
         app[BACKEND], app[READINESS] = backend, Readiness(backend, settings, app[STORE])
         try:
             yield
@@ -121,7 +124,8 @@ async def _runs(app: web.Application) -> AsyncIterator[None]:
     owner = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"  # this replica, for leases
     signer = WebhookSigner(settings.webhook_secret.get_secret_value())
     deliverer = WebhookDeliverer(store, app[SESSION], signer, settings, metrics, owner)
-    executor = RunExecutor(settings, store, app[BACKEND], deliverer, metrics)
+    feed = ProgressFeed(app[BACKEND], store, settings.progress_poll_s, settings.progress_store_s)
+    executor = RunExecutor(settings, store, app[BACKEND], deliverer, metrics, feed)
     app[DELIVERER], app[RUNS] = deliverer, RunService(settings, store, executor, app[SESSION], metrics, owner)
     app[HISTORY] = RunHistory(store)
     look_for_runs = asyncio.Event()

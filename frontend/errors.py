@@ -61,6 +61,11 @@ class Unauthorized(ApiError):
 class NotFound(ApiError):
     status, code = 404, "not_found"
 
+    @classmethod
+    def run(cls, run_id: str) -> NotFound:
+        """No such run for this API key (another key's run is not ours to reveal)."""
+        return cls(f"no run {run_id!r} for this API key", param="run_id")
+
 
 class ResultExpired(ApiError):
     """The run finished, but its result was deleted after ``SD_RESULT_TTL_S``: run it again (same seed, same images)."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -24,3 +26,18 @@ class GenerationInput:
 class Generated:
     images: np.ndarray  # [n, H, W, 3] uint8
     seeds: list[int]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a running generation is: denoising steps done of ``total``, and a small JPEG of its current
+    estimate (empty until the model made one)."""
+
+    step: int
+    total: int
+    preview: bytes = b""
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON of a ``progress`` event (and of the run store's copy)."""
+        preview = f"data:image/jpeg;base64,{base64.b64encode(self.preview).decode()}" if self.preview else None
+        return {"step": self.step, "total": self.total, "preview": preview}

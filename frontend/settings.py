@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     rate_burst_per_key: int = Field(default=100, ge=1)
     events_poll_s: float = Field(default=0.25, gt=0)  # how often GET /runs/{id}/events looks at the run
     events_keepalive_s: float = Field(default=15.0, gt=0)  # a comment line this often keeps proxies open
+    progress_poll_s: float = Field(default=0.25, gt=0)  # how often the replica running a run asks for its progress
+    progress_store_s: float = Field(default=1.0, gt=0)  # at most one progress write per run this often
     log_level: str = "INFO"
     shutdown_timeout_s: float = 60.0
 
@@ -50,6 +52,7 @@ class Settings(BaseSettings):
     # Triton
     triton_url: str = "127.0.0.1:8001"  # gRPC
     triton_model: str = "sd_img2img"
+    triton_progress_model: str = "sd_img2img_progress"
     triton_timeout_s: float = 300.0
     readyz_cache_s: float = 2.0  # a dead stub shows within about this plus one canary (1 s)
     canary_timeout_s: float = 10.0  # how long /readyz waits for its canary; no answer yet = busy, not dead

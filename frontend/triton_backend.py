@@ -5,12 +5,13 @@ from __future__ import annotations
 import re
 import time
 
+import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
 
 from .errors import ApiError, BackendTimeout, BackendUnavailable, GenerationFailed, InvalidRequest
-from .generation import Generated, GenerationInput
+from .generation import Generated, GenerationInput, Progress
 from .health import BackendHealth
 from .wire import input_arrays
 
@@ -69,9 +70,13 @@ def is_death(exc: InferenceServerException) -> bool:
     return "is not healthy" in message or "Stub process" in message or "UNAVAILABLE" in str(exc.status() or "")
 
 
+# A progress read is a file read in the model server: past this it is not worth waiting for.
+PROGRESS_TIMEOUT_S = 2.0
+
+
 class TritonBackend:
-    def __init__(self, url: str, model: str, timeout_s: float) -> None:
-        self.url, self.model, self.timeout_s = url, model, timeout_s
+    def __init__(self, url: str, model: str, timeout_s: float, progress_model: str = "sd_img2img_progress") -> None:
+        self.url, self.model, self.timeout_s, self.progress_model = url, model, timeout_s, progress_model
         self._client: grpcaio.InferenceServerClient | None = None
         self.health = BackendHealth()  # every call's outcome: what /readyz judges by
 
@@ -125,6 +130,20 @@ class TritonBackend:
         if images is None or seeds is None:
             raise GenerationFailed("the model answered without images")
         return Generated(images=images[0], seeds=[int(s) for s in seeds[0]])
+
+    async def progress(self, request_id: str) -> Progress | None:
+        """The progress the model posted for the request sent with ``request_id``: None when it is not
+        running (queued, finished) or cannot be read (no progress model): progress is best effort."""
+        tensor = grpcclient.InferInput("request_id", [1], "BYTES")
+        tensor.set_data_from_numpy(np.array([request_id.encode()], dtype=np.object_))
+        try:
+            result = await self.client.infer(self.progress_model, [tensor], client_timeout=PROGRESS_TIMEOUT_S)
+        except InferenceServerException:
+            return None
+        step, total, preview = (result.as_numpy(name) for name in ("step", "total", "preview"))
+        if step is None or total is None or preview is None or int(step[0]) < 0:
+            return None
+        return Progress(int(step[0]), int(total[0]), bytes(preview[0]))
 
     async def is_model_ready(self) -> bool:
         try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -16,6 +15,7 @@ from .metrics import Metrics
 from .netguard import AddressDenied
 from .settings import Settings
 from .store import Delivery, DeliveryStatus, LeaseLost, RunStore
+from .waits import wait_at_most
 
 log = logging.getLogger("frontend.webhooks")
 RETRY_AFTER_STATUSES = {429, 503}
@@ -82,8 +82,7 @@ class WebhookDeliverer:
                 next_at = None
             wait = self.settings.webhook_poll_s if next_at is None else max(0.0, next_at - time.time())
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=min(wait, self.settings.webhook_poll_s))
+            await wait_at_most(self._wake.wait(), min(wait, self.settings.webhook_poll_s))
 
     async def attempt(self, delivery: Delivery) -> None:
         attempts = delivery.attempts + 1

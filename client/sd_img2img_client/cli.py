@@ -24,7 +24,7 @@ from pathlib import Path
 from rich.console import Console
 
 from .client import DEFAULT_URL, Img2ImgClient
-from .models import Img2ImgError, Img2ImgRequest, Img2ImgResult, RunStatus, parse_duration
+from .models import Img2ImgError, Img2ImgRequest, Img2ImgResult, RunEvent, RunStatus, parse_duration
 
 INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
@@ -138,13 +138,20 @@ def run_service(args: argparse.Namespace, err: Console) -> int:
         return _follow(client, answer.run_id, args, err)
 
 
+def describe(event: RunEvent) -> str:
+    """The spinner's line for an event: the run's status, or its step while it runs."""
+    if event.progress is not None:
+        return f"run {event.run.run_id}: step {event.progress.step}/{event.progress.total}"
+    return f"run {event.run.run_id}: {event.status}..."
+
+
 def _follow(client: Img2ImgClient, run_id: str, args: argparse.Namespace, err: Console) -> int:
     """Follow a run's events to its end and report it; Ctrl-C cancels it."""
     final: RunStatus | None = None
     try:
         with progress(err, f"run {run_id}: queued...") as update, contextlib.closing(client.events(run_id)) as events:
             for event in events:
-                update(f"run {run_id}: {event.status}...")
+                update(describe(event))
                 if event.final:
                     final = event.run
                     break

@@ -17,6 +17,7 @@ from .models import (
     Img2ImgError,
     Img2ImgRequest,
     Img2ImgResult,
+    Progress,
     RunAccepted,
     RunEvent,
     RunStatus,
@@ -125,14 +126,17 @@ class _SseParser:
         if not data:
             return None
         try:
-            view = json.loads(data)
-            run = RunStatus.from_json(view)
-        except (ValueError, KeyError, TypeError) as exc:
-            raise Img2ImgError(f"malformed run event {data[:200]!r}: {exc}") from None
-        try:
             number = int(self.last_id)
         except ValueError:
             number = 0
+        try:
+            view = json.loads(data)
+            if event == "progress":
+                run = RunStatus(view["run_id"], "processing", None, None, None, view)
+                return RunEvent(number, event, run, Progress.from_json(view))
+            run = RunStatus.from_json(view)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise Img2ImgError(f"malformed run event {data[:200]!r}: {exc}") from None
         return RunEvent(number, event or run.status, run)
 
 

@@ -174,12 +174,30 @@ class RunStatus:
 
 
 @dataclass(frozen=True)
+class Progress:
+    """Where a running generation is: denoising ``step`` of ``total``, and ``preview``, a small JPEG of its
+    current estimate (``b""`` until the model made one)."""
+
+    step: int
+    total: int
+    preview: bytes = b""
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Progress:
+        uri = data.get("preview") or ""
+        return cls(int(data["step"]), int(data["total"]), base64.b64decode(uri.partition(",")[2]) if uri else b"")
+
+
+@dataclass(frozen=True)
 class RunEvent:
-    """One event of ``GET /runs/{run_id}/events``: its ``id``, the ``status`` it announces and the run's view."""
+    """One event of ``GET /runs/{run_id}/events``: its ``id``, the ``status`` it announces and the run's view.
+    A ``progress`` event (status ``"progress"``, the run processing) carries ``progress``; its ``id`` is the
+    last status event's: progress is the run's state now, not history."""
 
     id: int
     status: str
     run: RunStatus
+    progress: Progress | None = None
 
     @property
     def final(self) -> bool:

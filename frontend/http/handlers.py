@@ -29,7 +29,7 @@ from ..runs.recovery import consume_outcome
 from ..runs.service import ACCEPTED_MESSAGE, QUEUED_MESSAGE, RunService, answer_of
 from ..runs.view import run_view
 from ..schemas import parse_body
-from ..store import Run, RunStatus
+from ..store import RunStatus
 from .middlewares import KEY_HASH
 from .openapi import openapi_document
 
@@ -205,49 +205,23 @@ async def cancel_run(request: web.Request) -> web.Response:
 
 
 async def run_events(request: web.Request) -> web.StreamResponse:
-    """Server-Sent Events of the run's status changes, ending after the final one (``runs/control.py``)."""
-    run_id, key_hash, store = request.match_info["run_id"], request[KEY_HASH], request.app[RUNS].store
-    run = await store.get_run(run_id, key_hash)
-    if run is None:
-        raise NotFound(f"no run {run_id!r} for this API key", param="run_id")
+    """Server-Sent Events of the run's status changes and progress, ending after the final one (``runs/events.py``)."""
     try:
         seen = int(request.headers.get("Last-Event-ID", "0"))
     except ValueError:
         seen = 0
+    frames = await request.app[RUNS].events(request.match_info["run_id"], request[KEY_HASH], seen)
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     )
     try:
         await response.prepare(request)
-        await _stream_events(request, response, run, seen)
+        async for chunk in frames:
+            await response.write(chunk)
         await response.write_eof()
     except ConnectionResetError:  # the client went away (a tab closed, a reload): nothing to answer
         pass
     return response
-
-
-async def _stream_events(request: web.Request, response: web.StreamResponse, first: Run, seen: int) -> None:
-    run_id, key_hash, store = first.id, request[KEY_HASH], request.app[RUNS].store
-    settings = request.app[SETTINGS]
-    quiet_since = time.monotonic()
-    run: Run | None = first
-    while run is not None:
-        for event in control.events_so_far(run):
-            if event.id <= seen:
-                continue
-            if event.id == control.FINAL_EVENT_ID:
-                data = run_view(run, await store.delivery_for_run(run_id))
-            else:
-                data = {"run_id": run_id, "status": str(event.status), "created_at": run.created_at}
-            await response.write(f"id: {event.id}\nevent: {event.status}\ndata: {json.dumps(data)}\n\n".encode())
-            seen, quiet_since = event.id, time.monotonic()
-        if run.status.is_terminal:
-            break
-        if time.monotonic() - quiet_since > settings.events_keepalive_s:
-            await response.write(b": keep-alive\n\n")
-            quiet_since = time.monotonic()
-        await asyncio.sleep(settings.events_poll_s)
-        run = await store.get_run(run_id, key_hash)
 
 
 async def list_runs(request: web.Request) -> web.Response:
@@ -261,7 +235,7 @@ async def get_run(request: web.Request) -> web.Response:
     run_id = request.match_info["run_id"]
     view = await request.app[RUNS].view(run_id, request[KEY_HASH])
     if view is None:  # also for another key's run: its existence is not ours to reveal
-        raise NotFound(f"no run {run_id!r} for this API key", param="run_id")
+        raise NotFound.run(run_id)
     return web.json_response(view)
 
 

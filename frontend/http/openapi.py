@@ -164,7 +164,9 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             },
             "/runs/{run_id}/events": {
                 "get": {
-                    "summary": "Server-Sent Events of the run's status changes; resumable with Last-Event-ID",
+                    "summary": (
+                        "Server-Sent Events of the run's status changes and progress; resumable with Last-Event-ID"
+                    ),
                     "security": secured,
                     "parameters": [
                         RUN_ID,

@@ -356,6 +356,7 @@ async function generate() {
   const body = requestBody();
   const run = (state.run = {id: null, status: 'submitting', started: performance.now(), ended: null,
     cancelRequested: false});
+  showProgress(null);
   generateButton.disabled = true;
   cancelButton.disabled = false;
   $('results').setAttribute('aria-busy', 'true');
@@ -459,8 +460,32 @@ function onEvent(run, type, data) {
   } catch {
     return null;
   }
+  if (type === 'progress') { // the run's step now, and now and then a preview of its estimate
+    run.status = 'processing';
+    showProgress(view);
+    return null;
+  }
   run.status = view.status || type;
   return FINAL.has(type) || FINAL.has(view.status) ? view : null;
+}
+
+// The step bar and the live preview while a run is in the model; null hides them (a new run).
+function showProgress(progress) {
+  const box = $('progress');
+  if (!progress) {
+    box.hidden = true;
+    $('progress-preview').hidden = true;
+    $('progress-preview').removeAttribute('src');
+    return;
+  }
+  box.hidden = false;
+  $('progress-bar').max = progress.total;
+  $('progress-bar').value = progress.step;
+  $('progress-text').textContent = `step ${progress.step} of ${progress.total}`;
+  if (progress.preview) {
+    $('progress-preview').src = progress.preview; // a data: URI of a small JPEG, scaled up by CSS
+    $('progress-preview').hidden = false;
+  }
 }
 
 async function sendCancel(run) {

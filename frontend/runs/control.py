@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import InvalidRequest
-from ..store import Run, RunStatus
+from ..store import Run, RunState, RunStatus
 
 MIN_CANCEL_AFTER_S, MAX_CANCEL_AFTER_S = 1.0, 24 * 3600.0
 _DURATION = re.compile(r"(?:(?P<h>\d+(?:\.\d+)?)h)?(?:(?P<m>\d+(?:\.\d+)?)m)?(?:(?P<s>\d+(?:\.\d+)?)s)?")
@@ -78,7 +78,7 @@ class Event:
 FINAL_EVENT_ID = 3
 
 
-def events_so_far(run: Run) -> list[Event]:
+def events_so_far(run: Run | RunState) -> list[Event]:
     """The status changes a run has been through, from its record (any replica can tell them)."""
     events = []
     if run.started_at is None or run.started_at > run.created_at:  # synchronous runs start 'processing'

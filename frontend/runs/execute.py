@@ -20,6 +20,7 @@ from ..settings import Settings
 from ..store import Lease, LeaseLost, RunStatus, RunStore
 from ..triton_backend import QueueDeadlineExpired, TritonBackend
 from ..webhooks import WebhookDeliverer
+from .progress import ProgressFeed
 
 log = logging.getLogger("frontend.runs")
 SUCCESS_MESSAGE = "Successfully generated image"
@@ -91,6 +92,7 @@ class RunExecutor:
         backend: TritonBackend,
         deliverer: WebhookDeliverer,
         metrics: Metrics,
+        progress: ProgressFeed,
     ) -> None:
         self.settings, self.store, self.backend, self.deliverer, self.metrics = (
             settings,
@@ -99,6 +101,7 @@ class RunExecutor:
             deliverer,
             metrics,
         )
+        self.progress = progress  # the runs generating here: their progress, polled while in the model
 
     async def execute(
         self, run_id: str, lease: HeldLease, params: dict[str, Any], image: np.ndarray, webhook_endpoint: str | None
@@ -152,7 +155,8 @@ class RunExecutor:
                 raise QueueDeadlineExpired("the deadline passed while waiting to retry")
             in_triton[0] = True
             try:
-                return await self.backend.generate(job, request_id=run_id, queue_timeout_s=queue_timeout_s)
+                async with self.progress.follow(run_id):
+                    return await self.backend.generate(job, request_id=run_id, queue_timeout_s=queue_timeout_s)
             except BackendUnavailable:
                 in_triton[0] = False
                 if time.monotonic() >= retry_until:

@@ -13,6 +13,7 @@ from ..errors import BackendUnavailable
 from ..metrics import Metrics
 from ..settings import Settings
 from ..store import LeaseLost, RunStatus, RunStore
+from ..waits import wait_at_most
 from .execute import failure_body
 from .service import RunService
 
@@ -60,8 +61,7 @@ async def keep_leases(
         except Exception:  # the loop must outlive a database hiccup: leases lapse, peers take over
             log.exception("lease loop error")
         wake.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wake.wait(), timeout=interval)
+        await wait_at_most(wake.wait(), interval)
 
 
 def consume_outcome(task: asyncio.Task[Any]) -> None:

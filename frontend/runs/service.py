@@ -7,6 +7,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,7 @@ from ..netguard import host_denial_reason
 from ..schemas import PredictBody
 from ..settings import Settings
 from ..store import IdempotencyRecord, Lease, Run, RunStatus, RunStore
+from . import events
 from .execute import HeldLease, RunExecutor, ms_since, stopped_body
 from .view import run_view
 
@@ -71,6 +73,13 @@ class RunService:
             settings.rate_per_key_per_s, settings.rate_burst_per_key, settings.max_runs_in_flight_per_key
         )
         self.draining = False  # shutting down: take over nothing more
+
+    async def events(self, run_id: str, key_hash: str, seen: int) -> AsyncIterator[bytes]:
+        """The run's Server-Sent Events after ``seen`` (``runs/events.py``); NotFound for another key's run."""
+        state = await self.store.run_state(run_id, key_hash)
+        if state is None:
+            raise NotFound.run(run_id)
+        return events.stream(self.store, self.executor.progress, self.settings, state, key_hash, seen)
 
     # 1. Turn a validated body into a run: fetch/decode the image, check the webhook URL.
     async def prepare(self, body: PredictBody, run_id: str | None = None) -> PreparedRun:
@@ -193,7 +202,7 @@ class RunService:
         """The run's view after the cancel, and whether this call stopped it (False: it had finished)."""
         outcome = await self.store.stop_run(run_id, key_hash, status, stopped_body(run_id, status, reason))
         if outcome is None:
-            raise NotFound(f"no run {run_id!r} for this API key", param="run_id")
+            raise NotFound.run(run_id)
         run, stopped = outcome
         if stopped:
             self.metrics.runs.labels(str(status)).inc()
@@ -225,7 +234,7 @@ class RunService:
         """A finished synchronous run's answer, from its record: what any replica would answer."""
         run = await self.store.get_run(run_id, key_hash)
         if run is None:
-            raise NotFound(f"no run {run_id!r} for this API key", param="run_id")
+            raise NotFound.run(run_id)
         return answer_of(run, run_view(run, await self.store.delivery_for_run(run_id)))
 
     # 6. Idempotency-Key: the first request's answer, once, per API key.

@@ -19,6 +19,7 @@ from .records import (
     IdempotencyRecord,
     Lease,
     Run,
+    RunState,
     RunStatus,
     Usage,
 )
@@ -86,6 +87,13 @@ class RunStore(Protocol):
 
     async def get_run(self, run_id: str, key_hash: str | None = None) -> Run | None:
         """The run; with ``key_hash``, only if that key created it (another key's run does not exist)."""
+
+    async def run_state(self, run_id: str, key_hash: str) -> RunState | None:
+        """The run's status, times and progress, if ``key_hash`` created it: a light read for event streams."""
+
+    async def set_progress(self, run_id: str, progress: dict[str, Any]) -> None:
+        """Record a processing run's progress for every replica's event streams (ignored once it is not
+        processing). Unfenced: progress is advisory, and its writer bounds it to about one a second."""
 
     async def list_runs(self, key_hash: str, limit: int, before: tuple[float, str] | None = None) -> list[Run]:
         """``key_hash``'s runs, newest first (``created_at``, then id, descending), at most ``limit``, those

@@ -29,6 +29,7 @@ from .records import (
     Lease,
     LeaseLost,
     Run,
+    RunState,
     RunStatus,
     Usage,
     delivery_id,
@@ -40,6 +41,8 @@ from .sql import (
     NEXT_DELIVERY_SQL,
     NO_CURSOR,
     NO_PENDING_DELIVERY_SQL,
+    RUN_STATE_SQL,
+    SET_PROGRESS_SQL,
     UNFINISHED_SQL,
 )
 
@@ -220,6 +223,13 @@ class PostgresRunStore:
 
     async def release_idempotency(self, key_hash: str, key: str) -> None:
         await self._db.execute("DELETE FROM idempotency WHERE key_hash = $1 AND key = $2", key_hash, key)
+
+    async def run_state(self, run_id: str, key_hash: str) -> RunState | None:
+        row = await self._db.fetchrow(RUN_STATE_SQL.format("$1"), run_id)
+        return None if row is None or row["key_hash"] != key_hash else RunState.from_row(row)
+
+    async def set_progress(self, run_id: str, progress: dict[str, Any]) -> None:
+        await self._db.execute(SET_PROGRESS_SQL.format("$1", "$2"), run_id, json.dumps(progress))
 
     async def get_run(self, run_id: str, key_hash: str | None = None) -> Run | None:
         row = await self._db.fetchrow("SELECT * FROM runs WHERE id = $1", run_id)

@@ -68,4 +68,5 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         """,
     ),
     (3, "a key's runs newest first (GET /runs)", "CREATE INDEX runs_by_key ON runs (key_hash, created_at, id);"),
+    (4, "a processing run's progress, for every replica's event streams", "ALTER TABLE runs ADD COLUMN progress text;"),
 ]

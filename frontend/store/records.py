@@ -53,6 +53,29 @@ class Lease:
 
 
 @dataclass(frozen=True)
+class RunState:
+    """What an event stream polls: status, times and progress; never the result or the input image."""
+
+    id: str
+    status: RunStatus
+    created_at: float
+    started_at: float | None
+    progress: dict[str, Any] | None  # {"step", "total", "preview"} while processing, posted about once a second
+
+    @classmethod
+    def from_row(cls, row: Any) -> RunState:
+        """From a row of ``sql.RUN_STATE_SQL`` (either engine's rows are read by name)."""
+        progress = row["progress"]
+        return cls(
+            id=row["id"],
+            status=RunStatus(row["status"]),
+            created_at=row["created_at"],
+            started_at=row["started_at"],
+            progress=None if progress is None else json.loads(progress),
+        )
+
+
+@dataclass(frozen=True)
 class Run:
     id: str
     key_hash: str

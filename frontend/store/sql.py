@@ -21,3 +21,7 @@ LIST_RUNS_SQL = (
 )
 # The first page's cursor: after every run there is.
 NO_CURSOR = (float("inf"), "")
+# What an event stream polls (``run_state``): never the result or the input image. Placeholder: the id.
+RUN_STATE_SQL = "SELECT id, key_hash, status, created_at, started_at, progress FROM runs WHERE id = {0}"
+# A processing run's progress (``set_progress``); a run that finished meanwhile keeps none.
+SET_PROGRESS_SQL = "UPDATE runs SET progress = {1} WHERE id = {0} AND status = 'processing'"

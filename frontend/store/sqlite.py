@@ -28,6 +28,7 @@ from .records import (
     Lease,
     LeaseLost,
     Run,
+    RunState,
     RunStatus,
     Usage,
     delivery_id,
@@ -39,6 +40,8 @@ from .sql import (
     NEXT_DELIVERY_SQL,
     NO_CURSOR,
     NO_PENDING_DELIVERY_SQL,
+    RUN_STATE_SQL,
+    SET_PROGRESS_SQL,
     UNFINISHED_SQL,
 )
 
@@ -104,6 +107,10 @@ MIGRATIONS = [
     # 4: a key's runs newest first (GET /runs).
     """
     CREATE INDEX runs_by_key ON runs (key_hash, created_at, id);
+    """,
+    # 5: a processing run's progress (step, total, preview), for every replica's event streams.
+    """
+    ALTER TABLE runs ADD COLUMN progress TEXT;
     """,
 ]
 
@@ -257,6 +264,16 @@ class SqliteRunStore:
 
     async def release_idempotency(self, key_hash: str, key: str) -> None:
         await self._conn.execute("DELETE FROM idempotency WHERE key_hash = ? AND key = ?", (key_hash, key))
+        await self._conn.commit()
+
+    async def run_state(self, run_id: str, key_hash: str) -> RunState | None:
+        async with self._conn.execute(RUN_STATE_SQL.format("?"), (run_id,)) as cursor:
+            row = await cursor.fetchone()
+        return None if row is None or row["key_hash"] != key_hash else RunState.from_row(row)
+
+    async def set_progress(self, run_id: str, progress: dict[str, Any]) -> None:
+        # Placeholders in text order: the progress, then the id.
+        await self._conn.execute(SET_PROGRESS_SQL.format("?", "?"), (json.dumps(progress), run_id))
         await self._conn.commit()
 
     async def get_run(self, run_id: str, key_hash: str | None = None) -> Run | None:

@@ -22,7 +22,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from standardwebhooks import Webhook
 
 from frontend.errors import ERROR_TABLE, BackendTimeout, BackendUnavailable, GenerationFailed
-from frontend.generation import Generated, GenerationInput
+from frontend.generation import Generated, GenerationInput, Progress
 from frontend.health import BackendHealth
 
 from ..e2e.servers import png_bytes
@@ -43,6 +43,8 @@ class ScriptedBackend:
     def __init__(self) -> None:
         self.health = BackendHealth()
         self.jobs: list[GenerationInput] = []
+        self.progress_of: dict[str, Progress] = {}  # what progress() answers, by request id
+        self.release = asyncio.Event()  # prompts "hold" wait for it
 
     async def generate(
         self,
@@ -53,6 +55,8 @@ class ScriptedBackend:
         queue_timeout_s: float | None = None,
     ) -> Generated:
         self.jobs.append(job)
+        if job.prompt == "hold":
+            await self.release.wait()
         if job.prompt in FAILURES:
             raise FAILURES[job.prompt]
         seed = 42 if job.seed == -1 else job.seed
@@ -61,6 +65,9 @@ class ScriptedBackend:
         images = np.stack([np.random.default_rng(s).integers(0, 256, (height, width, 3), np.uint8) for s in seeds])
         self.health.ok_at = time.monotonic()
         return Generated(images=images, seeds=seeds)
+
+    async def progress(self, request_id: str) -> Progress | None:
+        return self.progress_of.get(request_id)
 
     async def is_model_ready(self) -> bool:
         return True

@@ -230,6 +230,22 @@ def test_cancel_stops_a_running_generation(page: Page, init_png: Path) -> None:
     expect(page.get_by_role("img", name=re.compile(r"seed \d+"))).to_have_count(0)
 
 
+def test_a_running_generation_shows_its_step_bar_and_a_live_preview(page: Page, init_png: Path) -> None:
+    # 60 steps on the paced model: at least 2.4 s in the model, the steps seen as they are made
+    fill_form(page, init_png, "watch it", Steps="60", Strength="1", Seed="11")
+    page.get_by_role("button", name="Generate", exact=True).click()
+    bar = page.get_by_role("progressbar")
+    expect(page.locator("#progress-text")).to_contain_text(
+        re.compile(r"step [1-9]\d* of 61"), timeout=RESULT_TIMEOUT_MS
+    )
+    first = int(bar.get_attribute("value") or 0)
+    expect(page.get_by_role("img", name="Live preview of the running generation")).to_be_visible()
+    src = page.get_by_role("img", name="Live preview of the running generation").get_attribute("src") or ""
+    assert src.startswith("data:image/jpeg;base64,")
+    page.wait_for_function(f"() => document.getElementById('progress-bar').value > {first}", timeout=30_000)
+    expect(page.get_by_role("img", name=re.compile(r"seed 11"))).to_have_count(1, timeout=RESULT_TIMEOUT_MS)
+
+
 def test_the_form_follows_the_api_schema(page: Page, site: Frontend) -> None:
     schema = requests.get(f"{site.url}/openapi.json", timeout=10).json()["components"]["schemas"]["PredictBody"]
     fields: dict[str, dict[str, str]] = page.evaluate("() => window.playground.FIELDS")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import types
 import weakref
 from dataclasses import dataclass, field
@@ -39,13 +40,40 @@ class Tensor:
         return self.array
 
 
+TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
+
+
+class ResponseSender:
+    """Records what the model sends; ``final`` is set once the final response came (any thread)."""
+
+    def __init__(self) -> None:
+        self.responses: list[InferenceResponse] = []
+        self.final = threading.Event()
+
+    def send(self, response: InferenceResponse | None = None, flags: int = 0) -> None:
+        if self.final.is_set():
+            raise TritonModelException("a response was sent after the final one")
+        if response is not None:
+            self.responses.append(response)
+        if flags & TRITONSERVER_RESPONSE_COMPLETE_FINAL:
+            self.final.set()
+
+
 @dataclass
 class InferenceRequest:
     inputs: dict[str, np.ndarray]
     cancelled: bool = False
+    sender: ResponseSender = field(default_factory=ResponseSender)
+    id: str = ""
 
     def is_cancelled(self) -> bool:
         return self.cancelled
+
+    def request_id(self) -> str:
+        return self.id
+
+    def get_response_sender(self) -> ResponseSender:
+        return self.sender
 
 
 @dataclass
@@ -109,7 +137,7 @@ def get_input_tensor_by_name(request: InferenceRequest, name: str) -> Tensor | N
 def as_module() -> types.ModuleType:
     module = types.ModuleType("triton_python_backend_utils")
     for name, value in dict(globals()).items():
-        if not name.startswith("_") and name not in {"annotations", "types", "as_module"}:
+        if not name.startswith("_") and name not in {"annotations", "types", "threading", "as_module"}:
             setattr(module, name, value)
     module.__dict__["Any"] = Any
     return module

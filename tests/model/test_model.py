@@ -68,8 +68,31 @@ def request(
     return pb.InferenceRequest(inputs, cancelled)
 
 
+def own_metrics(name: str) -> list[pb.Metric]:
+    """The metrics named ``name`` of the ``model`` fixture's instance (the only one named sd_img2img)."""
+    return [m for m in pb.Metric.made if m.name == name and m.labels["model"] == "sd_img2img"]
+
+
+def answer(model: Any, requests: list[pb.InferenceRequest], timeout_s: float = 120) -> list[pb.InferenceResponse]:
+    """What the model answered each request: returned by ``execute`` (request batching), or sent through
+    each request's response sender (step batching, where ``execute`` returns None)."""
+    returned = model.execute(requests)
+    if returned is not None:
+        return list(returned)
+    for r in requests:
+        assert r.sender.final.wait(timeout_s), "the model never sent a final response"
+    assert all(len(r.sender.responses) == 1 for r in requests)
+    return [r.sender.responses[0] for r in requests]
+
+
+@pytest.fixture(scope="module")
+def request_model(model_module: Any, tiny_model_path: Path, monkeypatch_module: pytest.MonkeyPatch) -> Any:
+    monkeypatch_module.setenv("SD_MODEL_PATH", str(tiny_model_path))
+    return make_model(model_module, batching="request")
+
+
 def test_one_response_per_request_in_order_with_right_shapes(model: Any) -> None:
-    responses = model.execute([request(seed=5, n=2), request(size=24, seed=9), request(seed=11)])
+    responses = answer(model, [request(seed=5, n=2), request(size=24, seed=9), request(seed=11)])
     assert len(responses) == 3 and all(r.error is None for r in responses)
     assert responses[0].output("images").shape == (1, 2, 16, 16, 3)
     assert responses[0].output("seeds").tolist() == [[5, 6]]
@@ -78,13 +101,14 @@ def test_one_response_per_request_in_order_with_right_shapes(model: Any) -> None
 
 
 def test_bad_request_gets_invalid_arg_and_neighbours_succeed(model: Any) -> None:
-    responses = model.execute([request(seed=1), request(strength=1.5), request(seed=2)])
+    responses = answer(model, [request(seed=1), request(strength=1.5), request(seed=2)])
     assert responses[0].error is None and responses[2].error is None
     assert responses[1].error.code() == pb.TritonError.INVALID_ARG
     assert responses[1].error.message() == "invalid input 'strength': must be in [0.0, 1.0] but is 1.5"
 
 
-def test_compatible_requests_share_one_pipeline_call(model: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compatible_requests_share_one_pipeline_call(request_model: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = request_model
     calls: list[list[int]] = []
     run = model.runner.run
 
@@ -93,12 +117,13 @@ def test_compatible_requests_share_one_pipeline_call(model: Any, monkeypatch: py
         return run(call, **hooks)
 
     monkeypatch.setattr(model.runner, "run", counting_run)
-    responses = model.execute([request(seed=1), request(size=24), request(seed=3), request(seed=4, strength=0.75)])
+    responses = answer(model, [request(seed=1), request(size=24), request(seed=3), request(seed=4, strength=0.75)])
     assert all(r.error is None for r in responses)
     assert calls == [[0, 2], [1], [3]]
 
 
-def test_a_failing_call_fails_only_its_own_requests(model: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failing_call_fails_only_its_own_requests(request_model: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = request_model
     run = model.runner.run
 
     def failing_for_24px(call: Any, **hooks: Any) -> np.ndarray:
@@ -107,7 +132,7 @@ def test_a_failing_call_fails_only_its_own_requests(model: Any, monkeypatch: pyt
         return run(call, **hooks)
 
     monkeypatch.setattr(model.runner, "run", failing_for_24px)
-    responses = model.execute([request(seed=1), request(size=24), request(seed=3)])
+    responses = answer(model, [request(seed=1), request(size=24), request(seed=3)])
     assert responses[0].error is None and responses[2].error is None
     assert responses[1].error.code() == pb.TritonError.INTERNAL
     assert "out of memory" in responses[1].error.message()
@@ -115,12 +140,12 @@ def test_a_failing_call_fails_only_its_own_requests(model: Any, monkeypatch: pyt
 
 def test_every_denoising_step_moves_the_step_metric(model: Any) -> None:
     """Liveness probes tell a busy model from a hung one by this counter (docker/triton_canary.py)."""
-    (metric,) = [m for m in pb.Metric.made if m.name == "sd_img2img_denoising_steps_total"]  # this fixture's model
+    (metric,) = own_metrics("sd_img2img_denoising_steps_total")
     assert metric.labels == {"model": "sd_img2img", "version": "1"}
     before, unet_calls = metric.value, []
     hook = model.runner.pipe.unet.register_forward_hook(lambda *_: unet_calls.append(1))
     try:
-        model.execute([request(seed=1), request(size=24), request(seed=3)])  # two pipeline calls
+        answer(model, [request(seed=1), request(size=24), request(seed=3)])  # two pipeline calls
     finally:
         hook.remove()
     assert len(unet_calls) >= 4  # each call runs at least 2 steps (4 x strength 0.5; PNDM adds one)
@@ -129,22 +154,23 @@ def test_every_denoising_step_moves_the_step_metric(model: Any) -> None:
 
 def test_the_executing_gauge_counts_the_requests_inside_execute_and_is_zero_after(model: Any) -> None:
     """Tests and operators tell an idle model from a busy one by it (Triton's gauge counts queued ones only)."""
-    (gauge,) = [m for m in pb.Metric.made if m.name == "sd_img2img_requests_executing"]  # this fixture's model
+    (gauge,) = own_metrics("sd_img2img_requests_executing")
     assert gauge.labels == {"model": "sd_img2img", "version": "1"}
     seen: list[float] = []
     hook = model.runner.pipe.unet.register_forward_hook(lambda *_: seen.append(gauge.value))
     try:
-        model.execute([request(seed=1), request(size=24), request(seed=3)])
+        answer(model, [request(seed=1), request(size=24), request(seed=3)])
     finally:
         hook.remove()
-    assert seen and set(seen) == {3}
+    # Step batching: all three are in the model from the first forward; each leaves after its last step.
+    assert seen and seen[0] == 3 and max(seen) == 3
     assert gauge.value == 0
-    model.execute([request(size=7)])  # answered INVALID_ARG: still back to 0
+    answer(model, [request(size=7)])  # answered INVALID_ARG: still back to 0
     assert gauge.value == 0
 
 
 def test_cancelled_request_is_answered_cancelled_and_others_run(model: Any) -> None:
-    responses = model.execute([request(seed=1, cancelled=True), request(seed=2)])
+    responses = answer(model, [request(seed=1, cancelled=True), request(seed=2)])
     assert responses[0].error.code() == pb.TritonError.CANCELLED
     assert responses[1].error is None
 
@@ -164,11 +190,11 @@ def test_images_do_not_depend_on_batch_neighbours_or_position(
     monkeypatch.setenv("SD_MODEL_PATH", str(tiny_model_path))
     model = make_model(model_module, determinism=determinism)
     probe = {"seed": 42, "size": size, "n": 2}
-    alone = model.execute([request(**probe)])[0].output("images")
-    first = model.execute([request(**probe), request(seed=7, size=size), request(seed=8, n=3, size=size)])
-    last = model.execute([request(seed=3, n=3, size=size), request(seed=4, size=size), request(**probe)])
+    alone = answer(model, [request(**probe)])[0].output("images")
+    first = answer(model, [request(**probe), request(seed=7, size=size), request(seed=8, n=3, size=size)])
+    last = answer(model, [request(seed=3, n=3, size=size), request(seed=4, size=size), request(**probe)])
     assert alone.tobytes() == first[0].output("images").tobytes() == last[2].output("images").tobytes()
-    other = model.execute([request(seed=43, size=size)])[0].output("images")
+    other = answer(model, [request(seed=43, size=size)])[0].output("images")
     assert alone[0, 0].tobytes() != other[0, 0].tobytes()
 
 
@@ -177,7 +203,7 @@ def test_config_parameters_reach_the_model(
 ) -> None:
     monkeypatch.setenv("SD_MODEL_PATH", str(tiny_model_path))
     instance = make_model(model_module, max_image_side="32", max_images_per_prompt="2", max_images_per_call="2")
-    responses = instance.execute([request(size=40), request(n=3), request(size=8)])
+    responses = answer(instance, [request(size=40), request(n=3), request(size=8)])
     assert "height must be in [16, 32] but is 40" in responses[0].error.message()
     assert "[1, 2] but is 3" in responses[1].error.message()
     # The tiny UNet halves an 8x-downscaled latent once: below 16 px its GroupNorms would see 1x1 maps.

@@ -383,3 +383,22 @@ async def test_an_idempotency_key_is_claimed_once_per_api_key_and_replays_its_an
     assert await store.claim_idempotency(KEY, "k", "f6", "r6", now=now, ttl_s=60) is None
     await store.expire(now + 10, 3600, 3600, idempotency_ttl_s=5)
     assert await store.claim_idempotency(KEY, "k", "f7", "r7", now=now + 10, ttl_s=3600) is None  # retention took it
+
+
+async def test_progress_is_kept_while_processing_and_read_without_the_result(store: RunStore) -> None:
+    lease = await webhook_run(store, "p1")
+    progress = {"step": 3, "total": 10, "preview": "data:image/jpeg;base64,AAAA"}
+    await store.set_progress("p1", progress)  # still queued: not a processing run's progress
+    state = await store.run_state("p1", KEY)
+    assert state is not None and state.status == RunStatus.QUEUED and state.progress is None
+    await store.mark_processing("p1", lease)
+    await store.set_progress("p1", progress)
+    state = await store.run_state("p1", KEY)
+    assert state is not None and state.status == RunStatus.PROCESSING and state.progress == progress
+    assert state.started_at is not None and state.created_at <= state.started_at
+    assert await store.run_state("p1", "another key's hash") is None
+    assert await store.run_state("missing", KEY) is None
+    await store.finish_run("p1", lease, RunStatus.SUCCEEDED, {"result": []}, None)
+    await store.set_progress("p1", {"step": 9, "total": 10, "preview": None})  # too late: kept as it was
+    state = await store.run_state("p1", KEY)
+    assert state is not None and state.status == RunStatus.SUCCEEDED and state.progress == progress

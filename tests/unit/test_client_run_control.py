@@ -26,6 +26,7 @@ from sd_img2img_client import (
     parse_duration,
 )
 from sd_img2img_client import client as client_module
+from sd_img2img_client.cli import describe
 
 Handler = Callable[[httpx.Request], httpx.Response]
 
@@ -190,6 +191,32 @@ def test_events_parse_the_wire_format_and_stop_after_the_final_one() -> None:
     assert len(seen) == 1 and seen[0].url.path == "/runs/r1/events" and "Last-Event-ID" not in seen[0].headers
     assert seen[0].headers["Accept"] == "text/event-stream"
     assert seen[0].extensions["timeout"]["read"] >= 60  # longer than the 15 s keep-alive
+
+
+def test_events_yield_progress_with_its_preview_and_the_last_status_id() -> None:
+    jpeg = b"\xff\xd8\xff preview"
+    progress = {
+        "run_id": "r1",
+        "step": 4,
+        "total": 9,
+        "preview": "data:image/jpeg;base64," + base64.b64encode(jpeg).decode(),
+    }
+    body = (
+        sse((2, "processing", view("processing")))
+        + "event: progress\ndata: " + json.dumps({**progress, "step": 1, "preview": None}) + "\n\n"
+        + "event: progress\ndata: " + json.dumps(progress) + "\n\n"
+        + sse((3, "succeeded", view("succeeded")))
+    )  # fmt: skip
+
+    with sync_client(lambda request: httpx.Response(200, text=body)) as client:
+        events = list(client.events("r1"))
+    assert [(e.id, e.status) for e in events] == [(2, "processing"), (2, "progress"), (2, "progress"), (3, "succeeded")]
+    first, second = events[1].progress, events[2].progress
+    assert first is not None and (first.step, first.total, first.preview) == (1, 9, b"")
+    assert second is not None and (second.step, second.total, second.preview) == (4, 9, jpeg)
+    assert events[2].run.status == "processing" and not events[2].final
+    assert describe(events[2]) == "run r1: step 4/9"
+    assert describe(events[0]) == "run r1: processing..."
 
 
 def test_events_reconnect_with_last_event_id_after_a_drop(sleeps: list[float]) -> None:

@@ -41,14 +41,16 @@ class InvariancePlan:
 
 
 # Measured defaults per device kind (the ``invariant_modules`` parameter's "auto").
-# cpu (torch 2.13, oneDNN): GEMMs and convolutions vary with batch size and position; attention,
-#   norms and the per-generator VAE encode do not.
+# cpu (torch 2.13, oneDNN): GEMMs and convolutions vary with batch size and position; so does
+#   attention with 2 threads once rows of other timesteps share the batch (step batching: the
+#   tiny model's cross-attention moved by 1e-6, 1 thread did not); norms and the per-generator VAE
+#   encode do not.
 # cuda (H200, torch 2.11 + CUDA 13, cuDNN 9.19, fp16; docs/gpu.md): with kernels pinned, every Linear,
 #   attention and norm layer is bit-exact alone vs. at any row of a batch of 16; 37 of 98 Conv2d are
 #   not, 20 of them even at a fixed (zero-padded) shape, so padding cannot replace splitting. Byte-
 #   identical end to end, and 1.4x the CPU plan's images/s at batch 8.
 DEFAULT_PLANS: dict[str, InvariancePlan] = {
-    "cpu": InvariancePlan({"conv2d": 1, "linear": 1, "vae_decode": 1}),
+    "cpu": InvariancePlan({"conv2d": 1, "linear": 1, "attention": 1, "vae_decode": 1}),
     "cuda": InvariancePlan({"conv2d": 1, "vae_decode": 1}, pin_kernels=True),
 }
 

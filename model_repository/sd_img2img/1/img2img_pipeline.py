@@ -96,6 +96,12 @@ class Img2ImgRunner:
     def scheduler_names(self) -> set[str]:
         return {name for name in self._schedulers if name}
 
+    @property
+    def schedulers(self) -> dict[str, Any]:
+        """Name or alias ("" = the checkpoint's) -> the scheduler built once at load; step batching copies one
+        per request, since PNDM and the multistep schedulers keep per-call history."""
+        return dict(self._schedulers)
+
     @torch.inference_mode()
     def run(
         self,

@@ -1,35 +1,35 @@
 """Triton Python-backend model: diffusers ``StableDiffusionImg2ImgPipeline`` with dynamic batching.
 
-``execute`` answers every request on its own: a bad request gets ``INVALID_ARG`` naming its input while
-its neighbours run; compatible requests share one pipeline call; a failing call fails only its own
-requests. The contract is in ``model_repository/README.md``.
+Every request is answered on its own: a bad request gets ``INVALID_ARG`` naming its input while its
+neighbours run, and a failure fails only the requests it touched. Two ways to batch (``batching``):
+
+* ``step`` (default): Triton's dynamic batcher hands requests to ``execute``, which passes them to one
+  engine thread (``engine.py``) and returns at once; the engine runs denoising steps, one UNet forward
+  over every active request of a size whatever their settings, admits new requests at the next step and
+  answers each through its response sender when its own last step is done. ``execute`` blocks only while
+  requests wait for rows, so the rest wait in Triton's queue.
+* ``request``: compatible requests (same size and settings) share one whole pipeline call, answered
+  before ``execute`` returns.
+
+The contract is in ``model_repository/README.md``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import site
-import sys
+import threading
+from collections.abc import Sequence
 from typing import Any
 
+from stub_path import honour_pythonpath  # noqa: E402 - standard library only
 
-def _honour_pythonpath() -> None:
-    """The stub's embedded interpreter ignores ``PYTHONPATH``, which the embedded launcher uses to reach
-    the project's virtualenv: put those folders (and their ``.pth`` entries) first, before any
-    third-party import. A no-op in the Triton container, where the packages are installed system-wide."""
-    before = list(sys.path)
-    for folder in os.environ.get("PYTHONPATH", "").split(os.pathsep):
-        if folder and folder not in before:
-            site.addsitedir(folder)
-    added = [p for p in sys.path if p not in before]
-    sys.path[:] = added + before
-
-
-_honour_pythonpath()
+honour_pythonpath()
 
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
+from engine import Callbacks, Job, StepEngine  # noqa: E402
+from progress_board import Progress, ProgressBoard, board_folder  # noqa: E402
 from step_pace import StepPace  # noqa: E402
 
 from img2img_requests import (  # noqa: E402
@@ -60,6 +60,12 @@ MODEL_PATH_ENV = "SD_MODEL_PATH"
 # (docker/triton_canary.py) tell a busy model from a hung one by it.
 STEP_METRIC = "sd_img2img_denoising_steps_total"
 EXECUTING_METRIC = "sd_img2img_requests_executing"
+# Step batching: rows per UNet forward is ROWS_METRIC / STEP_METRIC (2.51's Python metrics have no histogram).
+ROWS_METRIC = "sd_img2img_unet_rows_total"
+ROWS_ACTIVE_METRIC = "sd_img2img_rows_in_flight"
+ROWS_WAITING_METRIC = "sd_img2img_rows_waiting"
+BATCHING_MODES = ("step", "request")
+FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
 
 def _parameter(config: dict[str, Any], name: str, default: str) -> str:
@@ -112,6 +118,33 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(
                 f"parameter determinism must be one of {DETERMINISM_MODES} but is {determinism!r}"
             )
+
+        self.batching = _parameter(config, "batching", "step")
+        if self.batching not in BATCHING_MODES:
+            raise pb_utils.TritonModelException(
+                f"parameter batching must be one of {BATCHING_MODES} but is {self.batching!r}"
+            )
+        rows = _parameter(config, "max_rows_in_flight", "32")
+        try:
+            self.max_rows_in_flight = int(rows)
+            if self.max_rows_in_flight < 2 * max_images_per_prompt:
+                raise ValueError
+        except ValueError:
+            raise pb_utils.TritonModelException(
+                f"parameter max_rows_in_flight must be a whole number, at least 2 x max_images_per_prompt"
+                f" ({2 * max_images_per_prompt}, a guided request's rows), but is {rows!r}"
+            ) from None
+
+        every = _parameter(config, "preview_every_steps", "5")
+        try:
+            self.preview_every_steps = int(every)
+            if self.preview_every_steps < 0:
+                raise ValueError
+        except ValueError:
+            raise pb_utils.TritonModelException(
+                f"parameter preview_every_steps must be a whole number, at least 0 (0: no previews), but is {every!r}"
+            ) from None
+        self.model_repository = args.get("model_repository", os.getcwd())
 
         invariant_modules = _parameter(config, "invariant_modules", "auto")
         graphs = _parameter(config, "cuda_graphs", "auto")
@@ -168,13 +201,132 @@ class TritonPythonModel:
                 f"parameter default_scheduler must be one of {sorted(self.schedulers)}"
                 f" but is {self.defaults.scheduler!r}"
             )
+        self.engine: StepEngine | None = None
+        if self.batching == "step":
+            self._start_engine(labels, determinism)
 
-    def execute(self, requests: list[Any]) -> list[Any]:
-        self.executing.set(len(requests))
+    def _start_engine(self, labels: dict[str, str], determinism: str) -> None:
+        from denoiser import StepDenoiser
+        from previews import LatentPreviewer
+
+        def family(name: str, description: str, kind: Any) -> Any:
+            made = pb_utils.MetricFamily(name=name, description=description, kind=kind)
+            self._families.append(made)  # a family must outlive its metric
+            return made.Metric(labels=labels)
+
+        self._families: list[Any] = []
+        self.rows_total = family(
+            ROWS_METRIC, "UNet rows run (rows per forward = this / the step counter)", pb_utils.MetricFamily.COUNTER
+        )
+        self.rows_active = family(
+            ROWS_ACTIVE_METRIC, "UNet rows of the requests in flight", pb_utils.MetricFamily.GAUGE
+        )
+        self.rows_waiting = family(
+            ROWS_WAITING_METRIC, "UNet rows of requests waiting for room in the model", pb_utils.MetricFamily.GAUGE
+        )
+        denoiser = StepDenoiser(self.runner.pipe, self.runner.schedulers, per_image=determinism == "per_image")
+        callbacks = Callbacks(
+            answer=self._answer,
+            fail=lambda job, message: self._send(job, self._error(message, pb_utils.TritonError.INTERNAL)),
+            cancelled=lambda job: self._send(job, self._cancelled()),
+            is_cancelled=lambda job: bool(job.handle[0].is_cancelled()),
+            on_tick=self._on_tick,
+            on_progress=self._on_progress,
+        )
+        # Progress for requests that carry an id (the frontend's run id), read by the sd_img2img_progress model.
+        self.board = ProgressBoard(board_folder(self.model_repository))
+        self.board.sweep(older_than_s=3600)
+        self.previewer = LatentPreviewer.fit(self.runner.pipe.vae) if self.preview_every_steps else None
+        self._previews: dict[int, bytes] = {}  # id(job) -> its last preview, re-posted between new ones
+        self.engine = StepEngine(denoiser, self.max_rows_in_flight, callbacks)
+        self._gauges = {"jobs": self.executing, "rows_active": self.rows_active, "rows_waiting": self.rows_waiting}
+        self._published: dict[str, int] = {}
+        self._published_lock = threading.Lock()
+        self.pace.start()
+        self._engine_thread = threading.Thread(target=self._run_engine, name="sd-step-engine", daemon=True)
+        self._engine_thread.start()
+
+    def _run_engine(self) -> None:
+        assert self.engine is not None
         try:
-            return self._execute(requests)
-        finally:
-            self.executing.set(0)
+            self.engine.run()
+        except BaseException as exc:  # never silently: every request after this would hang
+            self.logger.log_error(f"{self.model_name}: step engine stopped: {exc!r}")
+            for job in self.engine.stop():
+                self._send(job, self._error(f"step engine stopped: {exc!r}", pb_utils.TritonError.INTERNAL))
+            raise
+
+    def execute(self, requests: list[Any]) -> list[Any] | None:
+        """Answer ``requests``: returns their responses in order (``request`` batching), or hands them
+        to the step engine and returns None; each is then answered through its response sender."""
+        if self.engine is None:
+            self.executing.set(len(requests))
+            try:
+                return self._execute(requests)
+            finally:
+                self.executing.set(0)
+        # 1. Validate each request on its own; a bad one is answered now, the rest join the engine.
+        for index, request in enumerate(requests):
+            sender = request.get_response_sender()
+            try:
+                valid = self._check(index, request)
+            except InvalidInput as exc:
+                sender.send(self._error(str(exc), pb_utils.TritonError.INVALID_ARG), flags=FINAL)
+                continue
+            self.engine.submit(valid, (request, sender, request.request_id()))
+        self._publish_load()
+        # 2. Hold Triton's next batch while requests wait for rows: they wait in Triton's queue instead.
+        self.engine.wait_for_room()
+        return None
+
+    def _check(self, index: int, request: Any) -> Img2ImgRequest:
+        return check_inputs(
+            index, self._read_inputs(request), defaults=self.defaults, limits=self.limits, schedulers=self.schedulers
+        )
+
+    def _answer(self, job: Job[Any], images: Any) -> None:
+        request: Img2ImgRequest = job.request
+        self._send(job, self._images(request, images))
+
+    def _send(self, job: Job[Any], response: Any) -> None:
+        self._publish_load()  # the engine has let go of the job: the gauges say so before the answer does
+        if job.handle[2]:
+            self._previews.pop(id(job), None)
+            self.board.remove(job.handle[2])
+        try:
+            job.handle[1].send(response, flags=FINAL)
+        except Exception as exc:  # the engine must go on for the others
+            self.logger.log_error(f"{self.model_name}: could not answer request {job.request.index}: {exc!r}")
+
+    def _on_tick(self, jobs: Sequence[Job[Any]], rows: int) -> None:
+        self.pace.step()
+        self.steps.increment(1)
+        self.rows_total.increment(rows)
+        self._publish_load()
+
+    def _on_progress(self, job: Job[Any], done: int, total: int) -> None:
+        request_id = job.handle[2]
+        if not request_id:
+            return
+        preview = self._previews.get(id(job), b"")
+        estimate = getattr(job.flight, "estimate", None)
+        every = self.preview_every_steps
+        if self.previewer is not None and estimate is not None and (done == 1 or done % every == 0):
+            preview = self._previews[id(job)] = self.previewer.jpeg(estimate)
+        try:
+            self.board.post(request_id, Progress(done, total, preview))
+        except OSError as exc:  # progress is best effort; the generation goes on
+            self.logger.log_warn(f"{self.model_name}: could not post progress: {exc!r}")
+
+    def _publish_load(self) -> None:
+        if self.engine is None:
+            return
+        # Each set is a message to the server: only what changed (execute and the engine thread both call this).
+        with self._published_lock:
+            for name, value in self.engine.stats().items():
+                if self._published.get(name) != value:
+                    self._published[name] = value
+                    self._gauges[name].set(value)
 
     def _execute(self, requests: list[Any]) -> list[Any]:
         # 1. Validate each request on its own; a bad one is answered now, the rest go on.
@@ -182,15 +334,7 @@ class TritonPythonModel:
         valid: list[Img2ImgRequest] = []
         for index, request in enumerate(requests):
             try:
-                valid.append(
-                    check_inputs(
-                        index,
-                        self._read_inputs(request),
-                        defaults=self.defaults,
-                        limits=self.limits,
-                        schedulers=self.schedulers,
-                    )
-                )
+                valid.append(self._check(index, request))
             except InvalidInput as exc:
                 responses[index] = self._error(str(exc), pb_utils.TritonError.INVALID_ARG)
 
@@ -207,7 +351,7 @@ class TritonPythonModel:
         live = []
         for request in call.requests:
             if requests[request.index].is_cancelled():
-                responses[request.index] = self._error("request was cancelled", pb_utils.TritonError.CANCELLED)
+                responses[request.index] = self._cancelled()
             else:
                 live.append(request)
         if not live:
@@ -233,26 +377,40 @@ class TritonPythonModel:
             return
         for request, own in zip(call.requests, split_images(call, images), strict=True):
             if requests[request.index].is_cancelled():
-                responses[request.index] = self._error("request was cancelled", pb_utils.TritonError.CANCELLED)
+                responses[request.index] = self._cancelled()
                 continue
-            responses[request.index] = pb_utils.InferenceResponse(
-                output_tensors=[
-                    pb_utils.Tensor("images", np.ascontiguousarray(own[np.newaxis])),
-                    pb_utils.Tensor("seeds", np.asarray([request.seeds], dtype=np.int64)),
-                ]
-            )
+            responses[request.index] = self._images(request, own)
+
+    @staticmethod
+    def _images(request: Img2ImgRequest, images: np.ndarray) -> Any:
+        return pb_utils.InferenceResponse(
+            output_tensors=[
+                pb_utils.Tensor("images", np.ascontiguousarray(images[np.newaxis])),
+                pb_utils.Tensor("seeds", np.asarray([request.seeds], dtype=np.int64)),
+            ]
+        )
 
     @staticmethod
     def _read_inputs(request: Any) -> dict[str, np.ndarray | None]:
         arrays: dict[str, np.ndarray | None] = {}
         for name in INPUT_NAMES:
             tensor = pb_utils.get_input_tensor_by_name(request, name)
-            arrays[name] = None if tensor is None else tensor.as_numpy()
+            # A copy: in step batching the request outlives execute(), and its input buffers with it.
+            arrays[name] = None if tensor is None else np.array(tensor.as_numpy(), copy=True)
         return arrays
 
     @staticmethod
     def _error(message: str, code: Any) -> Any:
         return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message, code))
 
+    @classmethod
+    def _cancelled(cls) -> Any:
+        return cls._error("request was cancelled", pb_utils.TritonError.CANCELLED)
+
     def finalize(self) -> None:
+        """Unload: stop the step engine and answer whatever it still held (UNAVAILABLE: send it again)."""
+        if self.engine is not None:
+            for job in self.engine.stop():
+                self._send(job, self._error("the model is unloading", pb_utils.TritonError.UNAVAILABLE))
+            self._engine_thread.join(timeout=30)
         self.logger.log_info(f"{self.model_name}: unloaded")

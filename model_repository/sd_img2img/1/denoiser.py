@@ -1,0 +1,207 @@
+"""The torch side of step-level batching: diffusers' img2img loop cut at its step boundary.
+
+``StableDiffusionImg2ImgPipeline.__call__`` runs encode, a denoising loop and decode for one batch that
+agrees on every setting. Here each request keeps what the loop keeps per call (its own scheduler
+instance, timesteps, generators, guidance scale, prompt embeddings and latents), and a tick runs one
+UNet forward over the rows of many requests, each row with its own timestep. The rest of the step
+(classifier-free guidance combine, ``scheduler.step``) runs per request on its own rows, exactly as the
+pipeline would for that request alone; with ``batch_invariant`` the shared forward is invariant to its
+neighbours too, so a request's bytes do not depend on who else is in flight, or when it joined.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import retrieve_latents
+from diffusers.utils.torch_utils import randn_tensor
+
+from img2img_requests import Img2ImgRequest, to_uint8
+
+
+@dataclass(eq=False)
+class Flight:
+    """One request between admission and decode (what the pipeline's loop keeps in locals)."""
+
+    request: Img2ImgRequest
+    scheduler: Any
+    timesteps: torch.Tensor  # the steps this request runs (img2img: the tail of the schedule)
+    generators: list[torch.Generator]
+    embeddings: torch.Tensor  # [rows, seq, dim]: per image [negative, prompt] under guidance, else [prompt]
+    latents: torch.Tensor  # [n, C, h, w]
+    step_kwargs: dict[str, Any]
+    guided: bool
+    index: int = 0  # the next timestep to run
+    estimate: torch.Tensor | None = None  # the first image's denoised estimate after the last step (previews)
+
+    @property
+    def rows(self) -> int:
+        return self.latents.shape[0] * (2 if self.guided else 1)
+
+
+class StepDenoiser:
+    """Implements ``engine.Denoiser`` on a loaded ``Img2ImgRunner``'s pipeline."""
+
+    def __init__(self, pipe: Any, schedulers: dict[str, Any], *, per_image: bool = False) -> None:
+        self.pipe = pipe
+        self.schedulers = schedulers
+        self.per_image = per_image  # determinism "per_image": each image's rows are their own forward
+        self.device = pipe._execution_device
+        self.dtype = pipe.unet.dtype
+        self.scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+
+    def guided(self, request: Img2ImgRequest) -> bool:
+        """diffusers' ``do_classifier_free_guidance``."""
+        return request.guidance_scale > 1 and self.pipe.unet.config.time_cond_proj_dim is None
+
+    def rows(self, request: Img2ImgRequest) -> int:
+        return request.num_images_per_prompt * (2 if self.guided(request) else 1)
+
+    def group(self, request: Img2ImgRequest) -> Hashable:
+        return tuple(request.image.shape[:2])
+
+    @torch.inference_mode()
+    def admit(self, requests: Sequence[Img2ImgRequest]) -> list[Flight]:
+        return [self._prepare(request) for request in requests]
+
+    def _prepare(self, request: Img2ImgRequest) -> Flight:
+        """The pipeline's steps 1-6 for one request: encode the prompt, set and cut the timesteps,
+        encode the image and noise it to the first timestep."""
+        pipe, n, guided = self.pipe, request.num_images_per_prompt, self.guided(request)
+        # 1. Prompt embeddings, as ``encode_prompt`` gives them, then per image [negative, prompt].
+        prompt_embeds, negative_embeds = pipe.encode_prompt(
+            request.prompt, self.device, n, guided, request.negative_prompt
+        )
+        embeddings = torch.stack([negative_embeds, prompt_embeds], dim=1).flatten(0, 1) if guided else prompt_embeds
+        # 2. A scheduler of its own (PNDM and the multistep ones keep history), timesteps cut by strength.
+        scheduler = copy.deepcopy(self.schedulers[request.scheduler])
+        scheduler.set_timesteps(request.num_inference_steps, device=self.device)
+        timesteps = self._cut(scheduler, request.num_inference_steps, request.strength)
+        # 3. Init latents: the image encoded once per generator, noised to the first timestep.
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in request.seeds]
+        pixels = torch.from_numpy(np.ascontiguousarray(request.image[np.newaxis])).permute(0, 3, 1, 2).contiguous()
+        image = pipe.image_processor.preprocess(pixels.to(self.device, self.dtype) / 255.0)
+        image = image.to(device=self.device, dtype=prompt_embeds.dtype)
+        init = torch.cat([retrieve_latents(pipe.vae.encode(image), generator=g) for g in generators], dim=0)
+        init = pipe.vae.config.scaling_factor * init
+        noise = randn_tensor(init.shape, generator=generators, device=self.device, dtype=prompt_embeds.dtype)
+        latents = scheduler.add_noise(init, noise, timesteps[:1].repeat(n))
+        return Flight(
+            request=request,
+            scheduler=scheduler,
+            timesteps=timesteps,
+            generators=generators,
+            embeddings=embeddings,
+            latents=latents,
+            step_kwargs=self._step_kwargs(scheduler, generators),
+            guided=guided,
+        )
+
+    @staticmethod
+    def _cut(scheduler: Any, num_inference_steps: int, strength: float) -> torch.Tensor:
+        """The pipeline's ``get_timesteps`` on this request's own scheduler."""
+        init_timestep = min(int(num_inference_steps * strength), num_inference_steps)
+        t_start = max(num_inference_steps - init_timestep, 0)
+        timesteps: torch.Tensor = scheduler.timesteps[t_start * scheduler.order :]
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(t_start * scheduler.order)
+        return timesteps
+
+    @staticmethod
+    def _step_kwargs(scheduler: Any, generators: list[torch.Generator]) -> dict[str, Any]:
+        """The pipeline's ``prepare_extra_step_kwargs`` (eta 0.0)."""
+        accepted = set(inspect.signature(scheduler.step).parameters)
+        kwargs: dict[str, Any] = {}
+        if "eta" in accepted:
+            kwargs["eta"] = 0.0
+        if "generator" in accepted:
+            kwargs["generator"] = generators
+        return kwargs
+
+    def done(self, flight: Flight) -> bool:
+        return flight.index >= len(flight.timesteps)
+
+    def progress(self, flight: Flight) -> tuple[int, int]:
+        return flight.index, len(flight.timesteps)
+
+    @torch.inference_mode()
+    def step(self, flights: Sequence[Flight]) -> None:
+        """One denoising step of every flight: one UNet forward over all their rows, each row at its own
+        request's timestep, then per request the guidance combine and its scheduler's step."""
+        inputs, timesteps, contexts = [], [], []
+        for flight in flights:
+            t = flight.timesteps[flight.index]
+            model_input = flight.latents.repeat_interleave(2, dim=0) if flight.guided else flight.latents
+            inputs.append(flight.scheduler.scale_model_input(model_input, t))
+            timesteps.append(t.to(torch.float32).expand(flight.rows))
+            contexts.append(flight.embeddings)
+        sample, timestep, context = torch.cat(inputs), torch.cat(timesteps), torch.cat(contexts)
+        noise = self._forward(sample, timestep, context, flights)
+        start = 0
+        for flight in flights:
+            own = noise[start : start + flight.rows]
+            start += flight.rows
+            if flight.guided:
+                uncond, text = own[0::2], own[1::2]
+                own = uncond + flight.request.guidance_scale * (text - uncond)
+            t = flight.timesteps[flight.index]
+            out = flight.scheduler.step(own, t, flight.latents, **flight.step_kwargs, return_dict=True)
+            flight.estimate = self._estimate(flight, own, t, getattr(out, "pred_original_sample", None))
+            flight.latents = out.prev_sample
+            flight.index += 1
+
+    @staticmethod
+    def _estimate(flight: Flight, noise: torch.Tensor, t: torch.Tensor, predicted: torch.Tensor | None) -> torch.Tensor:
+        """The first image's denoised estimate x0, for previews: the scheduler's own where it gives one, else
+        from the noise prediction, x0 = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t). Never feeds back into a step."""
+        if predicted is not None:
+            first: torch.Tensor = predicted[0].detach()
+            return first
+        alphas = getattr(flight.scheduler, "alphas_cumprod", None)
+        latent: torch.Tensor = flight.latents[0].detach()
+        if alphas is None:
+            return latent
+        alpha = alphas[int(t)].to(latent.device, latent.dtype)
+        estimate: torch.Tensor = (latent - (1 - alpha).sqrt() * noise[0].detach()) / alpha.sqrt()
+        return estimate
+
+    def _forward(
+        self, sample: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor, flights: Sequence[Flight]
+    ) -> torch.Tensor:
+        unet = self.pipe.unet
+        if not self.per_image:
+            noise: torch.Tensor = unet(sample, timestep, encoder_hidden_states=context, return_dict=False)[0]
+            return noise
+        # per_image: every image's rows (2 under guidance, else 1) are a forward of their own.
+        outputs, start = [], 0
+        for flight in flights:
+            per = 2 if flight.guided else 1
+            for _ in range(flight.latents.shape[0]):
+                rows = slice(start, start + per)
+                outputs.append(
+                    unet(sample[rows], timestep[rows], encoder_hidden_states=context[rows], return_dict=False)[0]
+                )
+                start += per
+        return torch.cat(outputs)
+
+    @torch.inference_mode()
+    def decode(self, flights: Sequence[Flight]) -> list[np.ndarray]:
+        """VAE-decode the flights that finish on this tick, in one call (they share a size)."""
+        pipe = self.pipe
+        latents = torch.cat([flight.latents for flight in flights])
+        generators = [g for flight in flights for g in flight.generators]
+        image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False, generator=generators)[0]
+        images = pipe.image_processor.postprocess(image, output_type="np", do_denormalize=[True] * image.shape[0])
+        pixels = to_uint8(np.asarray(images, dtype=np.float32))
+        out, start = [], 0
+        for flight in flights:
+            n = flight.latents.shape[0]
+            out.append(pixels[start : start + n])
+            start += n
+        return out

@@ -1,0 +1,294 @@
+"""Step-level continuous batching: which requests run the next denoising step together (no torch, no Triton).
+
+The unit of work is one *tick*: one UNet forward over the rows of every active request of one latent
+size, whatever their steps, strength, guidance, scheduler or prompts. A request is admitted at a tick
+boundary when its rows fit under ``max_rows`` (first come, first served: the head of the queue is never
+overtaken, so a large request cannot starve), and leaves after its own last step.
+
+Several sizes can be active at once; they cannot share a forward (a UNet batch needs one latent
+shape). The rule: each tick goes to the size group that has had the least model time so far (a new
+group starts level with the least-served one), so every active size gets an equal share of the model's
+time and none starves, whatever the ratio of their step costs.
+
+``StepEngine`` runs ticks on a ``Denoiser`` (``denoiser.py`` in the model, a fake in the unit tests) and
+reports through callbacks; ``model.py`` drives it from one thread and turns the callbacks into Triton
+responses.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
+
+Flight = TypeVar("Flight")
+
+
+class Denoiser(Protocol[Flight]):
+    """The torch side: what a tick needs from the model (``denoiser.StepDenoiser``)."""
+
+    def rows(self, request: Any) -> int:
+        """UNet rows the request holds while active (images, doubled under classifier-free guidance)."""
+        ...
+
+    def group(self, request: Any) -> Hashable:
+        """Requests of one group can share a UNet forward (the latent size)."""
+        ...
+
+    def admit(self, requests: Sequence[Any]) -> list[Flight]:
+        """Encode prompts and images, draw the initial noise: one in-flight state per request."""
+        ...
+
+    def step(self, flights: Sequence[Flight]) -> None:
+        """One UNet forward over every flight's rows, then each request's own scheduler step."""
+        ...
+
+    def done(self, flight: Flight) -> bool: ...
+
+    def progress(self, flight: Flight) -> tuple[int, int]:
+        """(steps done, steps in all) of the request."""
+        ...
+
+    def decode(self, flights: Sequence[Flight]) -> list[Any]:
+        """VAE-decode finished flights: one ``[n, H, W, 3]`` uint8 array per flight."""
+        ...
+
+
+@dataclass(eq=False)
+class Job(Generic[Flight]):
+    """One request in the engine. ``handle`` is the caller's (model.py: the Triton request)."""
+
+    request: Any
+    handle: Any
+    rows: int
+    group: Hashable
+    flight: Flight | None = None
+
+
+@dataclass
+class Callbacks:
+    """How the engine reports; every job gets exactly one of ``answer``, ``cancelled`` or ``fail``."""
+
+    answer: Callable[[Job[Any], Any], None]
+    fail: Callable[[Job[Any], str], None]
+    cancelled: Callable[[Job[Any]], None]
+    is_cancelled: Callable[[Job[Any]], bool] = lambda job: False
+    # After every UNet forward: (the tick's jobs, rows in that forward); for metrics and the step pace.
+    on_tick: Callable[[Sequence[Job[Any]], int], None] = lambda jobs, rows: None
+    # After every step of a job: (job, steps done, steps in all); progress.
+    on_progress: Callable[[Job[Any], int, int], None] = lambda job, done, total: None
+
+
+@dataclass
+class StepPlanner:
+    """The pure scheduling state: a FIFO of waiting jobs, the active ones by group, each group's model time."""
+
+    max_rows: int
+    waiting: deque[Job[Any]] = field(default_factory=deque)
+    active: dict[Hashable, list[Job[Any]]] = field(default_factory=dict)
+    served_s: dict[Hashable, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.max_rows < 1:
+            raise ValueError(f"max_rows must be at least 1 but is {self.max_rows}")
+
+    @property
+    def rows_active(self) -> int:
+        return sum(job.rows for jobs in self.active.values() for job in jobs)
+
+    @property
+    def rows_waiting(self) -> int:
+        return sum(job.rows for job in self.waiting)
+
+    @property
+    def jobs(self) -> int:
+        return len(self.waiting) + sum(len(jobs) for jobs in self.active.values())
+
+    def offer(self, job: Job[Any]) -> None:
+        self.waiting.append(job)
+
+    def admissible(self) -> list[Job[Any]]:
+        """Pop the waiting jobs that fit now, in arrival order; the head is never overtaken. A job larger
+        than ``max_rows`` runs when nothing else does (it could never fit otherwise)."""
+        taken: list[Job[Any]] = []
+        rows = self.rows_active
+        while self.waiting:
+            head = self.waiting[0]
+            if rows + head.rows > self.max_rows and (rows or taken):
+                break
+            taken.append(self.waiting.popleft())
+            rows += head.rows
+        return taken
+
+    def activate(self, job: Job[Any]) -> None:
+        if job.group not in self.active:
+            # A group that (re)joins starts level with the least-served active group: it gets its share
+            # from now on, not a catch-up burst for the time it was absent.
+            self.served_s[job.group] = min((self.served_s[g] for g in self.active), default=0.0)
+        self.active.setdefault(job.group, []).append(job)
+
+    def next_group(self) -> Hashable | None:
+        """The active group with the least model time (ties: the one that became active first)."""
+        if not self.active:
+            return None
+        return min(self.active, key=lambda group: self.served_s[group])
+
+    def charge(self, group: Hashable, seconds: float) -> None:
+        self.served_s[group] = self.served_s.get(group, 0.0) + seconds
+
+    def remove(self, job: Job[Any]) -> None:
+        jobs = self.active.get(job.group, [])
+        if job in jobs:
+            jobs.remove(job)
+            if not jobs:
+                del self.active[job.group]
+                self.served_s.pop(job.group, None)
+        elif job in self.waiting:
+            self.waiting.remove(job)
+
+
+class StepEngine:
+    """Runs ticks; thread-safe ``submit`` from Triton's ``execute``, ``tick``/``run`` from one engine thread."""
+
+    def __init__(
+        self,
+        denoiser: Denoiser[Any],
+        max_rows: int,
+        callbacks: Callbacks,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.denoiser = denoiser
+        self.planner = StepPlanner(max_rows)
+        self.callbacks = callbacks
+        self._clock = clock
+        self._lock = threading.Condition()
+        self._stopping = False
+
+    # -- the caller's side (any thread) --------------------------------------------------------------
+
+    def submit(self, request: Any, handle: Any) -> Job[Any]:
+        job: Job[Any] = Job(request, handle, self.denoiser.rows(request), self.denoiser.group(request))
+        with self._lock:
+            self.planner.offer(job)
+            self._lock.notify_all()
+        return job
+
+    def full(self) -> bool:
+        """Jobs wait that will not fit at the next tick (those that will fit are only waiting for it)."""
+        planner = self.planner
+        return bool(planner.waiting) and planner.rows_active + planner.rows_waiting > planner.max_rows
+
+    def wait_for_room(self, timeout_s: float | None = None) -> bool:
+        """Block while jobs wait for rows (so further requests stay in Triton's queue, where its queue
+        policy, timeouts and cancellation apply). True when there is room, False on timeout or stop."""
+        deadline = None if timeout_s is None else self._clock() + timeout_s
+        with self._lock:
+            while self.full() and not self._stopping:
+                left = None if deadline is None else deadline - self._clock()
+                if left is not None and left <= 0:
+                    return False
+                self._lock.wait(left)
+            return not self._stopping
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return {
+                "jobs": self.planner.jobs,
+                "rows_active": self.planner.rows_active,
+                "rows_waiting": self.planner.rows_waiting,
+            }
+
+    def stop(self) -> list[Job[Any]]:
+        """Stop the loop; returns the jobs it still held (the caller answers them)."""
+        with self._lock:
+            self._stopping = True
+            left = list(self.planner.waiting) + [job for jobs in self.planner.active.values() for job in jobs]
+            self.planner.waiting.clear()
+            self.planner.active.clear()
+            self._lock.notify_all()
+        return left
+
+    # -- the engine thread ---------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Tick until ``stop``; sleeps while there is nothing to do."""
+        while True:
+            with self._lock:
+                while not self._stopping and not self.planner.jobs:
+                    self._lock.wait()
+                if self._stopping:
+                    return
+            self.tick()
+
+    def tick(self) -> bool:
+        """Admit what fits, run one step of one group, retire who finished. False when idle."""
+        self._admit()
+        with self._lock:
+            group = self.planner.next_group()
+            jobs = list(self.planner.active.get(group, [])) if group is not None else []
+        jobs = self._drop_cancelled(jobs)
+        if not jobs:
+            return bool(self.planner.jobs)
+        started = self._clock()
+        try:
+            self.denoiser.step([job.flight for job in jobs])
+        except Exception as exc:  # a failing forward fails its own requests; the others go on
+            self._fail(jobs, exc)
+            return True
+        finally:
+            with self._lock:
+                self.planner.charge(group, self._clock() - started)
+        self.callbacks.on_tick(jobs, sum(job.rows for job in jobs))
+        for job in jobs:
+            done, total = self.denoiser.progress(job.flight)
+            self.callbacks.on_progress(job, done, total)
+        self._retire([job for job in jobs if self.denoiser.done(job.flight)])
+        return True
+
+    def _admit(self) -> None:
+        with self._lock:
+            taken = self.planner.admissible()
+            if taken:
+                self._lock.notify_all()  # wait_for_room: the waiting line moved
+        live = self._drop_cancelled(taken)
+        if not live:
+            return
+        try:
+            flights = self.denoiser.admit([job.request for job in live])
+        except Exception as exc:
+            self._fail(live, exc)
+            return
+        with self._lock:
+            for job, flight in zip(live, flights, strict=True):
+                job.flight = flight
+                self.planner.activate(job)
+
+    def _drop_cancelled(self, jobs: list[Job[Any]]) -> list[Job[Any]]:
+        cancelled = [job for job in jobs if self.callbacks.is_cancelled(job)]
+        self._finish(cancelled, self.callbacks.cancelled)
+        return [job for job in jobs if job not in cancelled]
+
+    def _retire(self, finished: list[Job[Any]]) -> None:
+        if not finished:
+            return
+        try:
+            images = self.denoiser.decode([job.flight for job in finished])
+        except Exception as exc:
+            self._fail(finished, exc)
+            return
+        answers = dict(zip(finished, images, strict=True))
+        self._finish(finished, lambda job: self.callbacks.answer(job, answers[job]))
+
+    def _fail(self, jobs: list[Job[Any]], exc: Exception) -> None:
+        message = f"generation failed: {type(exc).__name__}: {exc}"
+        self._finish(jobs, lambda job: self.callbacks.fail(job, message))
+
+    def _finish(self, jobs: list[Job[Any]], report: Callable[[Job[Any]], None]) -> None:
+        for job in jobs:
+            with self._lock:
+                self.planner.remove(job)
+                self._lock.notify_all()
+            report(job)

@@ -1,0 +1,115 @@
+"""Step-level batching on the real tiny pipeline: a request's bytes do not depend on who shares its steps.
+
+Drives ``engine.StepEngine`` on ``denoiser.StepDenoiser`` tick by tick (no Triton, no thread), so a
+request can join a running batch at an exact step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from denoiser import StepDenoiser
+from engine import Callbacks, StepEngine
+
+from img2img_pipeline import Img2ImgRunner
+from img2img_requests import Img2ImgRequest
+
+IMAGE = np.random.default_rng(3).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+
+
+def req(index: int, *, seed: int, size: int = 32, **settings: Any) -> Img2ImgRequest:
+    values: dict[str, Any] = {
+        "prompt": f"prompt {index}",
+        "negative_prompt": "",
+        "strength": 0.8,
+        "num_inference_steps": 10,
+        "guidance_scale": 7.5,
+        "num_images_per_prompt": 1,
+        "scheduler": "",
+    } | settings
+    image = IMAGE if size == 32 else np.resize(IMAGE, (size, size, 3))
+    return Img2ImgRequest(index=index, image=image, seed=seed, **values)
+
+
+@pytest.fixture(scope="module")
+def runner(tiny_model_path: Path) -> Iterator[Img2ImgRunner]:
+    yield Img2ImgRunner(str(tiny_model_path), device="cpu", dtype=torch.float32)
+
+
+def run(runner: Img2ImgRunner, arrivals: list[tuple[int, Img2ImgRequest]]) -> tuple[dict[int, np.ndarray], list[int]]:
+    """Submit each request before tick ``at``; returns each request's images and the rows of every forward."""
+    images: dict[int, np.ndarray] = {}
+    rows: list[int] = []
+    engine = StepEngine(
+        StepDenoiser(runner.pipe, runner.schedulers),
+        max_rows=64,
+        callbacks=Callbacks(
+            answer=lambda job, out: images.__setitem__(job.request.index, out),
+            fail=lambda job, message: pytest.fail(message),
+            cancelled=lambda job: None,
+            on_tick=lambda jobs, n: rows.append(n),
+        ),
+    )
+    pending = sorted(arrivals, key=lambda pair: pair[0])
+    tick = 0
+    while pending or engine.planner.jobs:
+        while pending and pending[0][0] <= tick:
+            engine.submit(pending.pop(0)[1], None)
+        engine.tick()
+        tick += 1
+    return images, rows
+
+
+NEIGHBOURS = [
+    req(0, seed=7, num_inference_steps=30, guidance_scale=3.0, scheduler="euler"),
+    req(1, seed=8, num_images_per_prompt=3, num_inference_steps=6, guidance_scale=1.0, scheduler="ddim"),
+    req(2, seed=9, num_inference_steps=24, strength=0.5, scheduler="dpm++"),
+    req(3, seed=10, size=48),  # another size: another group, its own forwards
+]
+
+
+@pytest.mark.parametrize("scheduler", ["", "euler_a"])
+def test_bytes_alone_equal_bytes_joined_at_the_first_a_middle_and_the_last_but_one_step(
+    runner: Img2ImgRunner, scheduler: str
+) -> None:
+    probe = req(9, seed=42, num_images_per_prompt=2, scheduler=scheduler)  # PNDM: 8 steps + 1 = 9 forwards
+    alone, alone_rows = run(runner, [(0, probe)])
+    assert set(alone_rows) == {4}  # 2 images x (negative, prompt)
+    ticks = len(alone_rows)
+    # The neighbours start first; the probe joins their running batch at its first forward, halfway,
+    # and one forward before the neighbours' second-longest leaves.
+    for join in (0, ticks // 2, 22):
+        joined, rows = run(runner, [(0, n) for n in NEIGHBOURS] + [(join, probe)])
+        assert joined[9].tobytes() == alone[9].tobytes(), f"joined at tick {join}"
+        assert max(rows) > 4  # it did share forwards
+    other, _ = run(runner, [(0, req(9, seed=43, num_images_per_prompt=2, scheduler=scheduler))])
+    assert other[9][0].tobytes() != alone[9][0].tobytes()
+
+
+def test_neighbours_of_other_settings_share_one_forward_per_step(runner: Img2ImgRunner) -> None:
+    mixed = [
+        req(0, seed=1, num_inference_steps=8, strength=0.5, guidance_scale=7.5, scheduler="euler"),
+        req(1, seed=2, num_inference_steps=4, strength=1.0, guidance_scale=4.0, scheduler="ddim"),
+        req(2, seed=3, num_inference_steps=16, strength=0.25, guidance_scale=1.0, scheduler="dpm++"),
+    ]
+    images, rows = run(runner, [(0, r) for r in mixed])
+    assert rows == [5, 5, 5, 5]  # every request runs 4 steps: 2 + 2 + 1 rows in each forward
+    for r in mixed:  # each as it comes out alone
+        alone, _ = run(runner, [(0, r)])
+        assert images[r.index].tobytes() == alone[r.index].tobytes()
+
+
+def test_step_batching_gives_the_bytes_of_a_whole_pipeline_call(runner: Img2ImgRunner) -> None:
+    """The denoiser is diffusers' img2img loop cut at the step: same bytes as one ``pipe(...)`` call."""
+    from img2img_requests import GroupKey, PipelineCall
+
+    probe = req(0, seed=5, num_images_per_prompt=2, scheduler="euler_a")
+    stepped, _ = run(runner, [(0, probe)])
+    key = GroupKey(32, 32, probe.num_inference_steps, probe.strength, probe.guidance_scale, probe.scheduler)
+    whole = runner.run(PipelineCall(key, (probe,)))
+    assert stepped[0].tobytes() == whole.tobytes()
