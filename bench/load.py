@@ -18,21 +18,22 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def run(url: str, api_key: str, workload: Workload, concurrency: int, requests: int) -> dict[str, Any]:
+async def run(
+    url: str, api_key: str, workload: Workload, concurrency: int, requests: int, mixed: bool = False
+) -> dict[str, Any]:
+    """``mixed``: steps x strength, guidance and scheduler drawn per request (``Workload.settings``)."""
     images = workload.png_b64()
     bodies = [
         json.dumps(
             {
                 "prompt": workload.prompt(i),
                 "image": images[i % len(images)],
-                "num_inference_steps": workload.num_inference_steps,
-                "strength": workload.strength,
-                "guidance_scale": workload.guidance_scale,
+                **workload.settings(i, mixed),
                 "negative_prompt": "blurry" if i % 2 else "",
                 "seed": workload.seed(i),
             }
         )
-        for i in range(len(images))
+        for i in range(max(len(images), 24 if mixed else 0))
     ]
     latencies: list[float] = []
     timings: list[dict[str, float]] = []

@@ -56,21 +56,22 @@ def ensure_installed() -> None:
         raise RuntimeError(f"perf_analyzer still misses {still}")
 
 
-def write_input_data(path: Path, workload: Workload) -> Path:
+def write_input_data(path: Path, workload: Workload, mixed: bool = False) -> Path:
     """Every input, real images, parameters varied over the entries (perf_analyzer sends them round-robin)."""
     entries = []
     for i, image in enumerate(workload.images()):
+        settings = workload.settings(i, mixed)
         entries.append(
             {
                 "prompt": {"content": [workload.prompt(i)], "shape": [1]},
                 "image": {"content": image.reshape(-1).tolist(), "shape": list(image.shape)},
                 "negative_prompt": {"content": ["blurry" if i % 2 else ""], "shape": [1]},
-                "strength": {"content": [workload.strength], "shape": [1]},
-                "num_inference_steps": {"content": [workload.num_inference_steps], "shape": [1]},
-                "guidance_scale": {"content": [workload.guidance_scale], "shape": [1]},
+                "strength": {"content": [settings["strength"]], "shape": [1]},
+                "num_inference_steps": {"content": [settings["num_inference_steps"]], "shape": [1]},
+                "guidance_scale": {"content": [settings["guidance_scale"]], "shape": [1]},
                 "num_images_per_prompt": {"content": [1], "shape": [1]},
                 "seed": {"content": [workload.seed(i)], "shape": [1]},
-                "scheduler": {"content": [""], "shape": [1]},
+                "scheduler": {"content": [settings["scheduler"]], "shape": [1]},
             }
         )
     path.write_text(json.dumps({"data": entries}))
@@ -127,3 +128,30 @@ def _run(
         "compute_ms": (us["Server Compute Input"] + us["Server Compute Infer"] + us["Server Compute Output"]) / 1000,
         "client_send_recv_ms": (us["Client Send"] + us["Client Recv"]) / 1000,
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """perf_analyzer against a running tritonserver (``make triton``), e.g.
+    ``python -m bench.perf_analyzer --url 127.0.0.1:8001 --concurrency 1,8 --mixed``."""
+    import argparse
+    import tempfile
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--url", default="127.0.0.1:8001", help="Triton's gRPC address")
+    parser.add_argument("--model", default="sd_img2img")
+    parser.add_argument("--concurrency", default="1,8", help="comma-separated levels")
+    parser.add_argument("--mixed", action="store_true", help="steps x strength, guidance and scheduler per request")
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--requests", type=int, default=48, help="requests per measurement window")
+    args = parser.parse_args(argv)
+    ensure_installed()
+    with tempfile.TemporaryDirectory() as tmp:
+        data = write_input_data(Path(tmp) / "input.json", Workload(size=args.size), mixed=args.mixed)
+        for level in (int(c) for c in args.concurrency.split(",")):
+            result = run(args.url, data, level, args.requests, Path(tmp) / f"c{level}.csv", args.model)
+            print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

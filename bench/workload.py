@@ -5,11 +5,17 @@ from __future__ import annotations
 import base64
 import io
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 PROMPTS = ("a photo of an astronaut riding a horse on mars", "a watercolor of a lighthouse", "a red barn at dusk")
+# Mixed settings: strengths (num_inference_steps follows, so every request runs the same denoising steps),
+# guidance scales above 1 (every request under guidance: the same rows) and schedulers, varied per request.
+MIXED_STRENGTHS = (1.0, 0.5, 0.25, 0.8)
+MIXED_GUIDANCE = (3.0, 5.0, 7.5, 9.0)
+MIXED_SCHEDULERS = ("", "euler", "ddim", "dpm++", "euler_a", "lms", "", "unipc")
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,24 @@ class Workload:
 
     def seed(self, i: int) -> int:
         return 1000 + i
+
+    def settings(self, i: int, mixed: bool = False) -> dict[str, Any]:
+        """Request ``i``'s num_inference_steps, strength, guidance_scale and scheduler: the workload's, or with
+        ``mixed`` drawn per request with the same denoising work (int(steps * strength) = effective_steps)."""
+        if not mixed:
+            return {
+                "num_inference_steps": self.num_inference_steps,
+                "strength": self.strength,
+                "guidance_scale": self.guidance_scale,
+                "scheduler": "",
+            }
+        strength = MIXED_STRENGTHS[i % len(MIXED_STRENGTHS)]
+        return {
+            "num_inference_steps": round(self.effective_steps / strength),
+            "strength": strength,
+            "guidance_scale": MIXED_GUIDANCE[(i // 2) % len(MIXED_GUIDANCE)],
+            "scheduler": MIXED_SCHEDULERS[(i // 3) % len(MIXED_SCHEDULERS)],
+        }
 
     @property
     def effective_steps(self) -> int:

@@ -139,6 +139,13 @@ def run(
                 load.run(frontend.url, API_KEYS[0], workload, concurrency, concurrency * requests_per_client)
             )
             record(f"e2e.c{concurrency}", figures)
+            # Mixed settings, the same denoising work: step batching shares every forward across them.
+            mixed = asyncio.run(
+                load.run(
+                    frontend.url, API_KEYS[0], workload, concurrency, concurrency * requests_per_client, mixed=True
+                )
+            )
+            record(f"e2e.mixed.c{concurrency}", mixed)
         after = model_statistics(triton.http_url)
         record(
             "e2e.batches",

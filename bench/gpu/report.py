@@ -219,6 +219,19 @@ def render(data: dict[str, Any]) -> str:
         if rows
         else ["(not measured)"]
     )
+    mixed_rows = []
+    for c in ("c1", "c8"):
+        uniform, mixed = _get(data, f"e2e.{c}"), _get(data, f"e2e.mixed.{c}")
+        if uniform and mixed:
+            ratio = mixed["images_s"] / uniform["images_s"] if uniform["images_s"] else 0.0
+            mixed_rows.append([c[1:], _num(uniform["images_s"]), _num(mixed["images_s"]), _num(ratio)])
+    if mixed_rows:
+        out += [
+            "",
+            "Mixed settings (steps x strength, guidance and scheduler per request, the same denoising work):",
+            "",
+        ]
+        out += table(["concurrency", "uniform images/s", "mixed images/s", "mixed / uniform"], mixed_rows)
     if _get(data, "e2e.batches"):
         out += [
             "",

@@ -86,13 +86,15 @@ class InferenceResponse:
 
 
 class MetricFamily:
-    COUNTER, GAUGE = "counter", "gauge"
+    COUNTER, GAUGE, HISTOGRAM = "counter", "gauge", "histogram"
 
     def __init__(self, name: str, description: str, kind: str) -> None:
         self.name, self.description, self.kind = name, description, kind
         self.metrics: list[Metric] = []
 
-    def Metric(self, labels: dict[str, str]) -> Metric:  # noqa: N802 - the real API's name
+    def Metric(self, labels: dict[str, str], buckets: list[float] | None = None) -> Metric:  # noqa: N802 - the real API's name
+        if (self.kind == MetricFamily.HISTOGRAM) != (buckets is not None):
+            raise TritonModelException("Failed to create metric. Missing required buckets.")
         metric = Metric(labels, weakref.ref(self))
         self.metrics.append(metric)
         return metric
@@ -103,6 +105,7 @@ class Metric:
 
     def __init__(self, labels: dict[str, str], family: weakref.ref[MetricFamily]) -> None:
         self.labels, self.value, self._family = labels, 0.0, family
+        self.observed: list[float] = []
         self.name = family().name  # type: ignore[union-attr]
         Metric.made.append(self)
 
@@ -113,6 +116,10 @@ class Metric:
     def set(self, value: float) -> None:
         self._check()
         self.value = value
+
+    def observe(self, value: float) -> None:
+        self._check()
+        self.observed.append(value)
 
     def _check(self) -> None:
         if self._family() is None:  # as Triton: a metric whose family was garbage-collected refuses

@@ -229,3 +229,34 @@ def test_bad_config_fails_initialize(
     monkeypatch.setenv("SD_MODEL_PATH", str(tiny_model_path))
     with pytest.raises(pb.TritonModelException, match=named):
         make_model(model_module, **parameters)
+
+
+def test_a_request_with_an_id_posts_every_step_and_previews_then_its_post_is_removed(
+    model: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    posts: list[tuple[str, int, int, bytes]] = []
+    post = model.board.post
+
+    def recording(request_id: str, progress: Any) -> None:
+        posts.append((request_id, progress.step, progress.total, progress.preview))
+        post(request_id, progress)
+
+    monkeypatch.setattr(model.board, "post", recording)
+    with_id = request(seed=3, strength=1.0, num_inference_steps=np.array([[12]], np.int32))
+    with_id.id = "run-progress-1"
+    answer(model, [with_id, request(seed=4)])  # the second has no id: it posts nothing
+    assert {p[0] for p in posts} == {"run-progress-1"}
+    assert [p[1] for p in posts] == list(range(1, 14)) and {p[2] for p in posts} == {13}  # PNDM: 12 + 1
+    previews = [p[3] for p in posts]
+    assert previews[0][:2] == b"\xff\xd8"  # a JPEG after the first step
+    assert previews[4] != previews[3] == previews[0]  # a new one at step 5, the last one re-posted between
+    assert model.board.read("run-progress-1") is None  # removed once answered
+
+
+def test_each_forward_observes_its_rows(model: Any) -> None:
+    (histogram,) = own_metrics("sd_img2img_unet_rows")
+    before = len(histogram.observed)
+    # Two requests of one size, 2 images and 1, guided: 6 rows a forward until the shorter leaves.
+    answer(model, [request(seed=1, n=2, strength=1.0), request(seed=5, strength=0.5)])
+    rows = histogram.observed[before:]
+    assert rows[0] == 6 and set(rows) <= {6, 4} and rows[-1] == 4

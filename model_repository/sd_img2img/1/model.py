@@ -60,8 +60,9 @@ MODEL_PATH_ENV = "SD_MODEL_PATH"
 # (docker/triton_canary.py) tell a busy model from a hung one by it.
 STEP_METRIC = "sd_img2img_denoising_steps_total"
 EXECUTING_METRIC = "sd_img2img_requests_executing"
-# Step batching: rows per UNet forward is ROWS_METRIC / STEP_METRIC (2.51's Python metrics have no histogram).
-ROWS_METRIC = "sd_img2img_unet_rows_total"
+# Step batching: the rows of each UNet forward (a histogram; its _count moves with the step counter).
+ROWS_METRIC = "sd_img2img_unet_rows"
+ROWS_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128]
 ROWS_ACTIVE_METRIC = "sd_img2img_rows_in_flight"
 ROWS_WAITING_METRIC = "sd_img2img_rows_waiting"
 BATCHING_MODES = ("step", "request")
@@ -209,15 +210,16 @@ class TritonPythonModel:
         from denoiser import StepDenoiser
         from previews import LatentPreviewer
 
-        def family(name: str, description: str, kind: Any) -> Any:
+        def family(name: str, description: str, kind: Any, **metric: Any) -> Any:
             made = pb_utils.MetricFamily(name=name, description=description, kind=kind)
             self._families.append(made)  # a family must outlive its metric
-            return made.Metric(labels=labels)
+            return made.Metric(labels=labels, **metric)
 
         self._families: list[Any] = []
-        self.rows_total = family(
-            ROWS_METRIC, "UNet rows run (rows per forward = this / the step counter)", pb_utils.MetricFamily.COUNTER
-        )
+        self.rows_per_forward = family(
+            ROWS_METRIC, "Rows of each UNet forward (requests x images x 2 under guidance)",
+            pb_utils.MetricFamily.HISTOGRAM, buckets=ROWS_BUCKETS,
+        )  # fmt: skip
         self.rows_active = family(
             ROWS_ACTIVE_METRIC, "UNet rows of the requests in flight", pb_utils.MetricFamily.GAUGE
         )
@@ -301,7 +303,7 @@ class TritonPythonModel:
     def _on_tick(self, jobs: Sequence[Job[Any]], rows: int) -> None:
         self.pace.step()
         self.steps.increment(1)
-        self.rows_total.increment(rows)
+        self.rows_per_forward.observe(rows)
         self._publish_load()
 
     def _on_progress(self, job: Job[Any], done: int, total: int) -> None:
