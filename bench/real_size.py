@@ -33,11 +33,10 @@ from PIL import Image
 from embedded.frontend_process import API_KEYS, WEBHOOK_SECRET
 from embedded.lifecycle import stop_on_signals
 from embedded.sd15_model import BUILD_STAMP, DEFAULT_FOLDER
-from embedded.triton_server import REPO_ROOT, free_port
+from embedded.triton_server import REPO_ROOT, free_port, stub_model
 
 DOCS = REPO_ROOT / "docs"
 CANARY = REPO_ROOT / "docker" / "triton_canary.py"
-STUB = "triton_python_backend_stub"
 REQUEST = {"prompt": "a photo of an astronaut riding a horse on mars", "num_inference_steps": 4, "strength": 0.5}
 REQUEST |= {"guidance_scale": 7.5, "seed": 120, "negative_prompt": ""}
 
@@ -61,9 +60,9 @@ class Memory:
         try:
             processes = {"frontend + supervisor": self.stack}
             for child in self.stack.children(recursive=True):
-                processes.setdefault(
-                    "tritonserver" if child.name() == "tritonserver" else "stub" if child.name() == STUB else "", child
-                )
+                model = stub_model(child.cmdline())
+                name = "tritonserver" if child.name() == "tritonserver" else {"sd_img2img": "stub"}.get(model or "", "")
+                processes.setdefault(name, child)
             for name, process in processes.items():
                 if name:
                     rss = process.memory_info().rss / 2**20

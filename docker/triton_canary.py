@@ -152,7 +152,11 @@ def stub_state(model: str, server_pid: int | None = None, http_port: int | None 
             continue
         if argv and argv[0].endswith(b"tritonserver") and state != "Z":
             servers[int(pid)] = argv
-        elif argv and argv[0].endswith(STUB_BINARY) and any(a.startswith(f"{model}_".encode()) for a in argv):
+        # The model's own stub: its first argument is <model>/<version>/model.py (another model, such as
+        # sd_img2img_progress, has a stub of its own whose instance name also starts with "sd_img2img_").
+        elif (
+            argv and argv[0].endswith(STUB_BINARY) and len(argv) > 1 and argv[1].split(b"/")[-3:-2] == [model.encode()]
+        ):
             stubs.append((argv, state))
     if server_pid is not None:
         servers = {pid: argv for pid, argv in servers.items() if pid == server_pid}

@@ -69,6 +69,17 @@ def group_alive(pgid: int) -> bool:
     return False
 
 
+STUB_BINARY = "triton_python_backend_stub"
+
+
+def stub_model(cmdline: list[str]) -> str | None:
+    """The model a Python backend stub serves (each model has its own stub process), from its command line:
+    the stub's first argument is that model's ``<model>/<version>/model.py``. None for any other process."""
+    if len(cmdline) < 2 or not cmdline[0].endswith(STUB_BINARY):
+        return None
+    return Path(cmdline[1]).parent.parent.name
+
+
 class TritonStartError(RuntimeError):
     """tritonserver exited or did not become ready; the message carries its log tail."""
 

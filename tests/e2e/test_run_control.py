@@ -371,11 +371,18 @@ async def test_events_in_order_then_resumed_with_last_event_id(
 ) -> None:
     run_id = await start_async(http, frontend, seed_body(image_b64, num_inference_steps=30, strength=1.0, seed=95))
     events = await read_events(http, f"{frontend.url}/runs/{run_id}/events")
-    assert [e["event"] for e in events] == ["queued", "processing", "succeeded"]
-    assert [e["id"] for e in events] == ["1", "2", "3"]
-    assert json.loads(events[-1]["data"])["result"]
+    # Status events have ids; progress events (the run's step now, while it is in the model) have none
+    # and come between processing and the final one, their steps in order.
+    statuses = [e for e in events if e["event"] != "progress"]
+    assert [e["event"] for e in statuses] == ["queued", "processing", "succeeded"]
+    assert [e["id"] for e in statuses] == ["1", "2", "3"]
+    assert json.loads(statuses[-1]["data"])["result"]
+    kinds = [e["event"] for e in events]
+    steps = [json.loads(e["data"])["step"] for e in events if e["event"] == "progress"]
+    assert steps and steps == sorted(steps) and all("id" not in e for e in events if e["event"] == "progress")
+    assert kinds.index("processing") < kinds.index("progress") and kinds[-1] == "succeeded"
     resumed = await read_events(http, f"{frontend.url}/runs/{run_id}/events", **{"Last-Event-ID": "1"})
-    assert [e["event"] for e in resumed] == ["processing", "succeeded"]
+    assert [e["event"] for e in resumed] == ["processing", "succeeded"]  # finished: no progress to show
     other = aiohttp.ClientSession(headers={"Authorization": API_KEYS[1]})
     async with other, other.get(f"{frontend.url}/runs/{run_id}/events") as response:
         assert response.status == 404

@@ -25,7 +25,7 @@ import psutil
 import pytest
 
 from embedded.supervisor import Supervisor
-from embedded.triton_server import REPO_ROOT, EmbeddedTriton, copy_model_repository
+from embedded.triton_server import REPO_ROOT, EmbeddedTriton, copy_model_repository, stub_model
 
 from ..e2e.servers import png_bytes
 from ..support import API_KEYS, Frontend, paced, request_body, start_triton
@@ -35,7 +35,6 @@ CANARY = REPO_ROOT / "docker" / "triton_canary.py"
 PROBE_TIMEOUT_S = 1.0  # far shorter than the work: a canary behind it always times out
 STALL_S = 5.0  # longer than any gap between denoising steps of the long request
 STEP_MS = 500  # the model's pace here: 30 steps hold the stub for at least 15 s
-STUB = "triton_python_backend_stub"
 READYZ = {"SD_READYZ_CACHE_S": "0.5", "SD_CANARY_TIMEOUT_S": "1"}
 
 
@@ -52,7 +51,8 @@ def supervised(tiny_model_path: Path, tmp_path: Path) -> Iterator[tuple[Embedded
 
 def stub_of(triton: EmbeddedTriton) -> psutil.Process:
     assert triton.process is not None
-    (stub,) = [p for p in psutil.Process(triton.process.pid).children(recursive=True) if p.name() == STUB]
+    children = psutil.Process(triton.process.pid).children(recursive=True)
+    (stub,) = [p for p in children if stub_model(p.cmdline()) == "sd_img2img"]  # not sd_img2img_progress's
     return stub
 
 

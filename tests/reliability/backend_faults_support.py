@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import psutil
 
-from embedded.triton_server import REPO_ROOT, free_port
+from embedded.triton_server import REPO_ROOT, free_port, stub_model
 
 from ..support import Frontend, request_body
 
@@ -138,6 +138,10 @@ class Stack:
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def model_stubs(self) -> list[psutil.Process]:
+        """The Python stubs of sd_img2img under this stack (one per tritonserver)."""
+        return [p for p in self.children(STUB_NAME) if stub_model(p.cmdline()) == "sd_img2img"]
+
     def children(self, name: str) -> list[psutil.Process]:
         assert self.process is not None
         try:
@@ -158,10 +162,10 @@ class Stack:
 
 
 def triton_processes(server_pid: int) -> dict[str, psutil.Process]:
-    """tritonserver and its Python stub."""
+    """tritonserver and the Python stub of sd_img2img (sd_img2img_progress has one of its own)."""
     server = psutil.Process(server_pid)
     found = {"tritonserver": server}
     for child in server.children(recursive=True):
-        if child.name() == STUB_NAME:
+        if stub_model(child.cmdline()) == "sd_img2img":
             found["stub"] = child
     return found

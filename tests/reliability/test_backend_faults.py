@@ -22,7 +22,7 @@ from embedded.triton_server import DEFAULT_MODEL_REPOSITORY, REPO_ROOT, SHM_DIR,
 
 from ..e2e.servers import Listener, WebhookReceiver
 from ..support import API_KEYS, Frontend
-from .backend_faults_support import STUB_NAME, Outcome, Stack, by_status, get_status, post_predict, wait_status
+from .backend_faults_support import Outcome, Stack, by_status, get_status, post_predict, wait_status
 from .conftest import Scale
 from .figures import Figures
 
@@ -82,7 +82,7 @@ async def test_killed_backend_under_load_recovers_by_itself(
     async with aiohttp.ClientSession(headers={"Authorization": API_KEYS[0]}) as http:
         await wait_status(http, f"{stack.url}/readyz", 200, 120)
         (server,) = stack.children("tritonserver")
-        (stub,) = stack.children(STUB_NAME)
+        (stub,) = stack.model_stubs()
         regions_before = shm_regions(stack)
 
         async def client(index: int) -> None:
