@@ -17,14 +17,17 @@ responses.
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 Flight = TypeVar("Flight")
+T = TypeVar("T")
 
 
 class Denoiser(Protocol[Flight]):
@@ -292,3 +295,31 @@ class StepEngine:
                 self.planner.remove(job)
                 self._lock.notify_all()
             report(job)
+
+
+class OwnerThread:
+    """One daemon thread that runs the work handed to it, in order: the thread that owns torch.
+
+    Not a ``ThreadPoolExecutor``: its workers are joined at interpreter exit, and the engine's loop never
+    returns unless stopped, so a process whose model was never finalized would never exit.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._work: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, work: Callable[[], T]) -> Future[T]:
+        done: Future[T] = Future()
+        self._work.put((work, done))
+        return done
+
+    def _serve(self) -> None:
+        while True:
+            work, done = self._work.get()
+            if not done.set_running_or_notify_cancel():
+                continue
+            try:
+                done.set_result(work())
+            except BaseException as exc:  # handed to whoever waits on it
+                done.set_exception(exc)
