@@ -21,7 +21,7 @@ import json
 import os
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from stub_path import honour_pythonpath  # noqa: E402 - standard library only
 
@@ -71,10 +71,33 @@ FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 T = TypeVar("T")
 
 
+class Handle(NamedTuple):
+    """What the step engine carries for a request it runs: how to ask and answer Triton about it.
+    (A NamedTuple, not a dataclass: tests load this file without registering it in ``sys.modules``.)"""
+
+    request: Any  # pb_utils.InferenceRequest: is_cancelled()
+    sender: Any  # its response sender: the one final response
+    request_id: str  # Triton's request id (the frontend's run id): where its progress is posted; "" = none
+
+
 def _parameter(config: dict[str, Any], name: str, default: str) -> str:
     """A ``parameters`` value from config.pbtxt; unset, empty or an unfilled ``${...}`` gives ``default``."""
     value = config.get("parameters", {}).get(name, {}).get("string_value", "")
     return default if not value or value.startswith("${") else value
+
+
+def _whole_number(config: dict[str, Any], name: str, default: str, minimum: int, why: str) -> int:
+    """An integer parameter of at least ``minimum``; anything else fails ``initialize`` naming it."""
+    value = _parameter(config, name, default)
+    try:
+        number = int(value)
+    except ValueError:
+        number = minimum - 1
+    if number < minimum:
+        raise pb_utils.TritonModelException(
+            f"parameter {name} must be a whole number, at least {minimum} ({why}), but is {value!r}"
+        )
+    return number
 
 
 def _flag(value: str) -> bool:
@@ -127,26 +150,14 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(
                 f"parameter batching must be one of {BATCHING_MODES} but is {self.batching!r}"
             )
-        rows = _parameter(config, "max_rows_in_flight", "32")
-        try:
-            self.max_rows_in_flight = int(rows)
-            if self.max_rows_in_flight < 2 * max_images_per_prompt:
-                raise ValueError
-        except ValueError:
-            raise pb_utils.TritonModelException(
-                f"parameter max_rows_in_flight must be a whole number, at least 2 x max_images_per_prompt"
-                f" ({2 * max_images_per_prompt}, a guided request's rows), but is {rows!r}"
-            ) from None
-
-        every = _parameter(config, "preview_every_steps", "5")
-        try:
-            self.preview_every_steps = int(every)
-            if self.preview_every_steps < 0:
-                raise ValueError
-        except ValueError:
-            raise pb_utils.TritonModelException(
-                f"parameter preview_every_steps must be a whole number, at least 0 (0: no previews), but is {every!r}"
-            ) from None
+        self.max_rows_in_flight = _whole_number(
+            config,
+            "max_rows_in_flight",
+            "32",
+            2 * max_images_per_prompt,
+            "2 x max_images_per_prompt, a guided request's rows",
+        )
+        self.preview_every_steps = _whole_number(config, "preview_every_steps", "5", 0, "0: no previews")
         self.model_repository = args.get("model_repository", os.getcwd())
 
         invariant_modules = _parameter(config, "invariant_modules", "auto")
@@ -239,7 +250,7 @@ class TritonPythonModel:
             answer=self._answer,
             fail=lambda job, message: self._send(job, self._error(message, pb_utils.TritonError.INTERNAL)),
             cancelled=lambda job: self._send(job, self._cancelled()),
-            is_cancelled=lambda job: bool(job.handle[0].is_cancelled()),
+            is_cancelled=lambda job: bool(job.handle.request.is_cancelled()),
             on_tick=self._on_tick,
             on_progress=self._on_progress,
         )
@@ -288,7 +299,7 @@ class TritonPythonModel:
             except InvalidInput as exc:
                 sender.send(self._error(str(exc), pb_utils.TritonError.INVALID_ARG), flags=FINAL)
                 continue
-            self.engine.submit(valid, (request, sender, request.request_id()))
+            self.engine.submit(valid, Handle(request, sender, request.request_id()))
         self._publish_load()
         # 2. Hold Triton's next batch while requests wait for rows: they wait in Triton's queue instead.
         self.engine.wait_for_room()
@@ -305,11 +316,11 @@ class TritonPythonModel:
 
     def _send(self, job: Job[Any], response: Any) -> None:
         self._publish_load()  # the engine has let go of the job: the gauges say so before the answer does
-        if job.handle[2]:
+        if job.handle.request_id:
             self._previews.pop(id(job), None)
-            self.board.remove(job.handle[2])
+            self.board.remove(job.handle.request_id)
         try:
-            job.handle[1].send(response, flags=FINAL)
+            job.handle.sender.send(response, flags=FINAL)
         except Exception as exc:  # the engine must go on for the others
             self.logger.log_error(f"{self.model_name}: could not answer request {job.request.index}: {exc!r}")
 
@@ -320,7 +331,7 @@ class TritonPythonModel:
         self._publish_load()
 
     def _on_progress(self, job: Job[Any], done: int, total: int) -> None:
-        request_id = job.handle[2]
+        request_id = job.handle.request_id
         if not request_id:
             return
         preview = self._previews.get(id(job), b"")
