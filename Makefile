@@ -15,7 +15,7 @@ TINY_STAMP := $(TINY_MODEL_DIR)/tiny_model_build.json
 SERVED_MODEL := $(if $(filter $(abspath $(TINY_MODEL_DIR)),$(abspath $(MODEL_DIR))),model,setup)
 
 .PHONY: setup model model-sd15 postgres browser perf-analyzer playground-shot triton serve serve-replicas serve-sd15 real-size test lint reliability bench \
-	bench-batching bench-latency bench-replicas gpu-carry gpu-report clean
+	bench-batching bench-latency bench-replicas gpu-carry gpu-rehearsal gpu-report clean
 
 setup: $(SETUP_STAMP)
 
@@ -111,6 +111,13 @@ bench-replicas: model postgres
 # What a bare GPU machine lacks (wheels, tritonserver; 54 MiB in .gpu/), packed here for the device call.
 gpu-carry: setup
 	$(PY) -m bench.gpu.carry
+
+# The GPU command rehearsed on this CPU: a Python shaped like the GPU machine's (bench/gpu/device-image.txt:
+# Python 3.12, numpy 2, transformers 5, torch 2.11 with its CUDA wheels; nothing of ours) plus only what
+# gpu-carry packs, running bash bench/gpu/run.sh with the tiny model, every phase; fails unless all of
+# it, end to end through tritonserver and the frontend included, would have served. About 15 min.
+gpu-rehearsal: model gpu-carry
+	$(PY) -m bench.gpu.rehearsal $(REHEARSAL_ARGS)
 
 # On a machine with an NVIDIA GPU and a CUDA torch in python3 (README "On a GPU"): builds the full-size
 # random SD 1.5 on the GPU, measures, writes $(GPU_OUT)/gpu-report.json and gpu.md (docs/gpu.md's source).

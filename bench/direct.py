@@ -18,11 +18,17 @@ from typing import Any
 MODEL_DIR = Path(__file__).resolve().parent.parent / "model_repository" / "sd_img2img" / "1"
 
 
+def model_code_on_path() -> None:
+    """The model's own modules (``img2img_pipeline``, ``batch_invariance``) importable, as in the stub."""
+    if str(MODEL_DIR) not in sys.path:
+        sys.path.insert(0, str(MODEL_DIR))
+
+
 class Direct:
     def __init__(
         self, model_path: str, workload_args: dict[str, Any], determinism: str, invariant_modules: str = "auto"
     ) -> None:
-        sys.path.insert(0, str(MODEL_DIR))
+        model_code_on_path()
         import torch
 
         from bench.workload import Workload

@@ -60,12 +60,17 @@ async def run(
     ms = [s * 1000 for s in latencies]
     return {
         "concurrency": concurrency,
+        "requests": requests,
+        "answered": len(latencies),
         "images_s": len(latencies) / elapsed,
-        "p50_ms": percentile(ms, 0.50),
-        "p95_ms": percentile(ms, 0.95),
-        "p99_ms": percentile(ms, 0.99),
+        # None when every request failed: the run still reports, and its errors say why.
+        "p50_ms": percentile(ms, 0.50) if ms else None,
+        "p95_ms": percentile(ms, 0.95) if ms else None,
+        "p99_ms": percentile(ms, 0.99) if ms else None,
         "errors": errors,
         "timings_ms": {
-            key: statistics.median(t[key] for t in timings if key in t) for key in ("decode", "triton", "encode")
+            key: statistics.median(values)
+            for key in ("decode", "triton", "encode")
+            if (values := [t[key] for t in timings if key in t])
         },
     }

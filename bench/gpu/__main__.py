@@ -1,15 +1,22 @@
 """The GPU report: full-size SD 1.5 on the device, measured in one command (``make gpu-report``).
 
-Phases, in order of value, each skipped when the time budget would not let it finish:
+Phases, in order of value (the default order), each skipped when the time budget would not let it finish:
 
-1. ``direct``: the model's own runner at batch 1 and 8, ``batched`` and ``batch_invariant``;
-2. ``map``: the batch-variance map (``bench/gpu/variance.py``), default and pinned kernels;
-3. ``designs``: determinism candidates from the map, bytes compared alone vs. every position of a
-   batch, then images/s at batch 1 and 8; the fastest exact one is chosen;
-4. ``speed``: CUDA graphs and channels_last on the chosen design (each kept only where exact and
+1. ``stub``: a tiny echo model in a real tritonserver under each candidate stub path (``stub_check``):
+   which one carries tensors and imports the model; e2e uses it. Seconds.
+2. ``e2e``: tritonserver + frontend with the shipped design (``--design``/``--cuda-graphs`` override),
+   uniform and mixed-settings traffic at concurrency 1, 8 and 32, and the determinism check through
+   the service;
+3. ``tests``: the ``gpu``-marked tests (``tests/gpu``: byte equality in the model, GEMM convolutions,
+   a tritonserver round trip) on the device, their summary recorded;
+4. ``designs``: determinism candidates (from this run's map, else the H200's recorded one, plus the
+   GEMM convolutions of ``conv_gemm.py``), bytes compared alone vs. every position of a batch, then
+   images/s at batch 1 and 8; the fastest exact one is chosen;
+5. ``speed``: CUDA graphs and channels_last on the chosen design (each kept only where exact and
    faster); batch sizes 2, 4, 16;
-5. ``e2e``: tritonserver + frontend with the chosen design (and graphs, if kept), concurrency 1 and 8,
-   and the determinism check through the service.
+6. ``direct``: the model's own runner at batch 1 and 8, ``batched`` and ``batch_invariant``;
+7. ``map``: the batch-variance map (``bench/gpu/variance.py``), default and pinned kernels (it exists:
+   ``docs/gpu-run-1.json``; rerun it with ``--phases map``).
 
 Every figure is written to ``--out/gpu-report.json`` as soon as it is measured, so a run cut off
 still brings back what it measured. ``python -m bench.gpu.report`` turns JSONs into ``docs/gpu.md``.
@@ -34,7 +41,7 @@ from typing import Any
 from bench.workload import Workload
 from embedded.lifecycle import stop_on_signals
 
-PHASES = ("direct", "map", "designs", "speed", "e2e")
+PHASES = ("stub", "e2e", "tests", "designs", "speed", "direct", "map")
 # The default hosted-API request: 512x512, 50 steps at strength 0.8 (40 denoising steps), guidance 7.5.
 FULL = {"size": 512, "num_inference_steps": 50, "strength": 0.8, "guidance_scale": 7.5, "variants": 8}
 # The bytes check runs fewer steps: invariance is a property of each step's kernels.
@@ -84,32 +91,62 @@ class Report:
         self.record(f"phase_s.{name}", round(time.monotonic() - began, 1))
 
 
-def environment() -> dict[str, Any]:
-    import diffusers
-    import torch
+def packages() -> dict[str, str]:
+    """``pip list`` of the interpreter, as name -> version (what the next rehearsal must match)."""
+    from importlib import metadata
 
+    found: dict[str, str] = {}
+    for dist in metadata.distributions():
+        name = dist.metadata["Name"]
+        if name:
+            found.setdefault(name.lower(), dist.version)
+    return dict(sorted(found.items()))
+
+
+def environment() -> dict[str, Any]:
+    """The machine, before anything that could fail: Python, every package, then what torch sees.
+
+    Imports that fail are recorded as errors here (the carried site is on the path by now), so a run
+    that breaks later still says exactly what the machine had.
+    """
     info: dict[str, Any] = {
         "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-        "diffusers": diffusers.__version__,
+        "executable": sys.executable,
+        "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
+        "pythonpath": os.environ.get("PYTHONPATH", ""),
+        "packages": packages(),
     }
-    if torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(0)
-        info |= {"gpu": props.name, "gpu_memory_gib": round(props.total_memory / 2**30, 1)}
-        info["multiprocessors"] = props.multi_processor_count
+    try:
+        import torch
+
+        info |= {
+            "torch": torch.__version__,
+            "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+            "cuda_available": torch.cuda.is_available(),
+        }
+        if torch.cuda.is_available():
+            props = torch.cuda.get_device_properties(0)
+            info |= {"gpu": props.name, "gpu_memory_gib": round(props.total_memory / 2**30, 1)}
+            info["multiprocessors"] = props.multi_processor_count
+    except Exception as exc:  # noqa: BLE001 (recorded: the machine is what it is)
+        info["torch_error"] = repr(exc)
+    for module in ("numpy", "diffusers", "transformers"):
         try:
-            smi = subprocess.run(
-                [shutil.which("nvidia-smi") or "nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                capture_output=True,
-                text=True,
-                timeout=20,
-            )
-            info["driver"] = smi.stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            info["driver"] = None
+            info[module] = __import__(module).__version__
+        except Exception as exc:  # noqa: BLE001
+            info[f"{module}_error"] = repr(exc)
+    try:
+        smi = subprocess.run(
+            [shutil.which("nvidia-smi") or "nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        info["nvidia_smi"] = smi.stdout.strip() or smi.stderr.strip()
+    except (OSError, subprocess.SubprocessError) as exc:
+        info["nvidia_smi"] = repr(exc)
     return info
 
 
@@ -141,6 +178,25 @@ def main(argv: list[str] | None = None) -> int:
     session = measure.Session(args.model_path, workload_args, report, seconds=args.seconds)
     chosen = {"spec": args.design} if args.design else None
     graphs = args.cuda_graphs
+    carried = tuple(p for p in args.stub_python_path.split(os.pathsep) if p)
+    stub_path = carried
+
+    def run_stub() -> None:
+        nonlocal stub_path
+        from bench.gpu import stub_check
+
+        work = Path(tempfile.mkdtemp(prefix="sd-gpu-stub-"))
+        results = {}
+        for name, path in (("carried_numpy", carried), ("machine_numpy", ())):
+            if name == "carried_numpy" and not carried:
+                continue
+            results[name] = stub_check.check(path, work)
+            report.record(f"stub.{name}", results[name])
+        picked = stub_check.choose(results)
+        report.record("stub.chosen", picked)
+        if picked is None:
+            raise RuntimeError("no stub path carried tensors and imported the model (stub.*)")
+        stub_path = tuple(results[picked]["python_path"])
 
     def run_designs() -> None:
         nonlocal chosen
@@ -149,12 +205,13 @@ def main(argv: list[str] | None = None) -> int:
     def run_e2e() -> None:
         from bench.gpu import e2e
 
+        session.ensure_model()
         spec = (chosen or {}).get("spec") or session.default_spec()
         e2e.run(
             model_path=args.model_path,
             spec=spec,
             workload=Workload(**workload_args),
-            python_path=tuple(p for p in args.stub_python_path.split(os.pathsep) if p),
+            python_path=stub_path,
             work=Path(tempfile.mkdtemp(prefix="sd-gpu-e2e-")),  # not --out: only a few files may come back
             record=report.record,
             cuda_graphs=graphs,
@@ -164,14 +221,33 @@ def main(argv: list[str] | None = None) -> int:
         nonlocal graphs
         graphs = session.speed((chosen or {}).get("spec") or session.default_spec(), CHECK_STEPS)
 
+    def run_tests() -> None:
+        env = {**os.environ, "GPU_STUB_SITE": os.pathsep.join(stub_path)}
+        command = [sys.executable, "-m", "pytest", "-c", "tests/gpu/pytest.ini", "--rootdir", ".", "-q", "tests/gpu"]
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, check=False)
+        lines = done.stdout.strip().splitlines()
+        report.record(
+            "tests", {"exit_code": done.returncode, "summary": lines[-1] if lines else "", "tail": lines[-25:]}
+        )
+        if done.returncode not in (0, 5):  # 5: none collected
+            raise RuntimeError(f"gpu tests failed: {lines[-1] if lines else done.stderr[-500:]}")
+
+    def loaded(body: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            session.load()  # once: the in-process pipeline the phases after e2e share
+            body()
+
+        return run
+
     steps: dict[str, tuple[float, Callable[[], None]]] = {
-        "direct": (60, session.direct),
-        "map": (30, session.variance_map),
-        "designs": (60, run_designs),
-        "speed": (60, run_speed),
+        "stub": (20, run_stub),
         "e2e": (90, run_e2e),
+        "tests": (60, run_tests),
+        "designs": (60, loaded(run_designs)),
+        "speed": (60, loaded(run_speed)),
+        "direct": (60, loaded(session.direct)),
+        "map": (30, loaded(session.variance_map)),
     }
-    session.load()
     for name in phases:
         needs, body = steps[name]
         report.phase(name, needs, body)

@@ -100,18 +100,14 @@ def run(
     work: Path,
     record: Callable[[str, Any], None],
     cuda_graphs: bool = False,
-    concurrencies: tuple[int, ...] = (1, 8),
-    requests_per_client: int = 4,
+    concurrencies: tuple[int, ...] = (1, 8, 32),
+    requests_per_client: int = 3,
 ) -> None:
     """Start Triton and the frontend, then record ``e2e.*`` figures one by one."""
     started = time.monotonic()
     # Triton places the instance itself (KIND_GPU per visible GPU); if that fails, the model places
-    # itself (KIND_MODEL: model.py takes the first GPU); then without the stub's own numpy.
-    attempts = [
-        ("kind_gpu", "", python_path),
-        ("kind_model", KIND_MODEL, python_path),
-        ("machine_numpy", KIND_MODEL, ()),
-    ]
+    # itself (KIND_MODEL: model.py takes the first GPU). The stub's path is the one stub_check chose.
+    attempts = [("kind_gpu", "", python_path), ("kind_model", KIND_MODEL, python_path)]
     triton = None
     for name, group, path in attempts:
         try:

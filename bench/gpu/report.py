@@ -67,9 +67,9 @@ def render(data: dict[str, Any]) -> str:
         "full-size SD 1.5 with random weights built on the GPU, fp16. Do not edit by hand.",
         "",
         f"- GPU: {env.get('gpu', 'none')} ({env.get('gpu_memory_gib', '-')} GiB,"
-        f" {env.get('multiprocessors', '-')} SMs), driver {env.get('driver', '-')}",
+        f" {env.get('multiprocessors', '-')} SMs), driver {env.get('driver') or env.get('nvidia_smi', '-')}",
         f"- torch {env.get('torch', '-')}, CUDA {env.get('cuda', '-')}, cuDNN {env.get('cudnn', '-')},"
-        f" diffusers {env.get('diffusers', '-')}, Python {env.get('python', '-')}",
+        f" diffusers {env.get('diffusers', '-')}, numpy {env.get('numpy', '-')}, Python {env.get('python', '-')}",
         f"- Workload: {data.get('workload', '-')}",
         f"- Run: {data.get('started', '-')}, {data.get('elapsed_s', '-')} s in the command;"
         f" model built in {_get(data, 'build.seconds') or '-'} s, loaded in {data.get('load_s', '-')} s",
@@ -185,53 +185,52 @@ def render(data: dict[str, Any]) -> str:
     ]
 
     out += ["## 4. End to end: tritonserver + frontend", ""]
+    stub = _get(data, "stub") or {}
+    for name in ("carried_numpy", "machine_numpy"):
+        check = stub.get(name)
+        if isinstance(check, dict):
+            verdict = (
+                "tensors and imports OK"
+                if check.get("tensors_ok") and check.get("imports_ok")
+                else (_last_error(f"{check.get('error', '')}\n{check.get('log', '')}") or "imports failed")
+            )
+            out.append(f"- Python stub with {name.replace('_', ' ')} ({check.get('numpy') or '-'}): {verdict}")
+    if stub:
+        out += [f"- Stub path used: {stub.get('chosen') or 'none'}", ""]
     rows = []
-    for c, direct_key in (("c1", "b1"), ("c8", "b8")):
-        figures = _get(data, f"e2e.{c}")
-        if not figures:
-            continue
-        direct = _get(data, f"designs.{chosen.get('name')}.{direct_key}") if chosen else None
-        direct_ips = direct["images_per_s"] if direct else None
-        rows.append(
-            [
-                c[1:],
-                _num(figures["images_s"]),
-                _num(figures["p50_ms"], 0),
-                _num(figures["p95_ms"], 0),
-                json.dumps(figures.get("errors", {})),
-                _num(direct_ips),
-                "-" if direct_ips is None else f"{100 * (direct_ips / figures['images_s'] - 1):+.1f}%",
-            ]
-        )
+    for c in ("c1", "c8", "c32"):
+        for traffic, key in (("uniform", f"e2e.{c}"), ("mixed", f"e2e.mixed.{c}")):
+            figures = _get(data, key)
+            if not figures:
+                continue
+            direct_key = {"c1": "b1", "c8": "b8"}.get(c)
+            direct = _get(data, f"designs.{chosen.get('name')}.{direct_key}") if chosen and direct_key else None
+            rows.append(
+                [
+                    c[1:],
+                    traffic,
+                    _num(figures["images_s"]),
+                    _num(figures["p50_ms"], 0),
+                    _num(figures.get("p99_ms"), 0),
+                    json.dumps(figures.get("errors", {})),
+                    _num(direct["images_per_s"]) if direct and traffic == "uniform" else "-",
+                ]
+            )
     out += (
         table(
-            [
-                "concurrency",
-                "images/s",
-                "p50 ms",
-                "p95 ms",
-                "errors",
-                "direct images/s (same design)",
-                "service overhead",
-            ],
+            ["concurrency", "traffic", "images/s", "p50 ms", "p99 ms", "errors", "direct images/s (same design)"],
             rows,
         )
         if rows
         else ["(not measured)"]
     )
-    mixed_rows = []
-    for c in ("c1", "c8"):
-        uniform, mixed = _get(data, f"e2e.{c}"), _get(data, f"e2e.mixed.{c}")
-        if uniform and mixed:
-            ratio = mixed["images_s"] / uniform["images_s"] if uniform["images_s"] else 0.0
-            mixed_rows.append([c[1:], _num(uniform["images_s"]), _num(mixed["images_s"]), _num(ratio)])
-    if mixed_rows:
+    plain = _get(data, "direct.batched.b8.images_per_s")
+    if chosen and chosen.get("b8") and plain:
         out += [
             "",
-            "Mixed settings (steps x strength, guidance and scheduler per request, the same denoising work):",
-            "",
+            f"Chosen determinism design `{chosen.get('spec')}`: {_num(chosen['b8']['images_per_s'])} images/s at"
+            f" batch 8, **{chosen['b8']['images_per_s'] / plain:.2f}** of plain batched ({_num(plain)}).",
         ]
-        out += table(["concurrency", "uniform images/s", "mixed images/s", "mixed / uniform"], mixed_rows)
     if _get(data, "e2e.batches"):
         out += [
             "",

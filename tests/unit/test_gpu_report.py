@@ -127,7 +127,21 @@ def test_candidates_from_the_recorded_h200_map_split_what_varied() -> None:
 def test_candidates_pad_when_padding_made_the_varying_kinds_exact() -> None:
     entry = {"varies_alone": 3, "varies_padded": 0}
     found = designs.candidates({"layers": {"kinds": {"conv2d": entry}}, "components": {"vae_decode": 0.0}})
-    assert [d.spec() for d in found] == ["", "conv2d:16", "conv2d:1", "conv2d:1,linear:1,vae_decode:1"]
+    assert [d.spec() for d in found] == [
+        "",
+        "conv2d:16",
+        "conv1x1_gemm,conv2d:1",
+        "conv2d_gemm",
+        "conv2d:1",
+        "conv2d:1,linear:1,vae_decode:1",
+    ]
+
+
+def test_without_a_map_the_shipped_plan_says_what_varies() -> None:
+    shipped = {"conv2d": 1, "linear": 1, "attention": 1, "vae_decode": 1}  # the CPU default
+    found = {d.name: d.spec() for d in designs.candidates({"layers": {"kinds": {}}, "components": {}}, shipped)}
+    assert found["gemm_conv"] == "conv2d_gemm,linear:1,attention:1,vae_decode:1"
+    assert found["gemm_1x1"] == "conv1x1_gemm,conv2d:1,linear:1,attention:1,vae_decode:1"
 
 
 def test_choose_takes_the_fastest_exact_design() -> None:
@@ -172,13 +186,13 @@ def test_failed_starts_show_the_telling_line() -> None:
 
 def test_report_main_writes_markdown_and_merged_json(tmp_path: Path) -> None:
     second = tmp_path / "second.json"
-    second.write_text(json.dumps({"e2e": {"c8": {"images_s": 3.25, "p50_ms": 2000.0, "p95_ms": 2500.0}}}))
+    second.write_text(json.dumps({"e2e": {"c8": {"images_s": 3.25, "p50_ms": 2000.0, "p99_ms": 2500.0}}}))
     markdown, merged = tmp_path / "gpu.md", tmp_path / "merged.json"
     assert (
         report.main([str(DOCS / "gpu-run-1.json"), str(second), "--markdown", str(markdown), "--json", str(merged)])
         == 0
     )
-    assert "| 8 | 3.25 | 2000 | 2500 |" in markdown.read_text()
+    assert "| 8 | uniform | 3.25 | 2000 | 2500 |" in markdown.read_text()
     assert json.loads(merged.read_text())["map"] == RECORDED["map"]
 
 
@@ -232,3 +246,68 @@ def test_carry_refuses_an_environment_without_the_server(tmp_path: Path) -> None
     (site / "pytriton" / "tritonserver" / "bin" / "tritonserver").unlink()
     with pytest.raises(FileNotFoundError, match="make setup first"):
         carry.triton_members(site)
+
+
+# -- CUDA graphs: the bounded, bucketed cache -------------------------------------------------------------
+def test_row_buckets_pad_any_count_by_at_most_half_up_to_the_cap() -> None:
+    from cuda_graphs import bucket_rows, row_buckets
+
+    buckets = row_buckets(32)
+    assert buckets == (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+    for rows in range(1, 33):
+        bucket = bucket_rows(rows, buckets)
+        assert bucket is not None and rows <= bucket <= max(1, rows * 3 // 2 + 1)
+    assert bucket_rows(33, buckets) is None  # above the cap: that forward runs eagerly
+    assert row_buckets(20)[-1] == 20
+
+
+def test_graphed_unet_pads_rows_with_zeros() -> None:
+    from cuda_graphs import pad_rows
+
+    padded = pad_rows(torch.ones(3, 2), 4)
+    assert torch.equal(padded, torch.tensor([[1.0, 1.0]] * 3 + [[0.0, 0.0]]))
+    assert pad_rows(padded, 4) is padded
+
+
+# -- the stub check and the rehearsal's verdict ---------------------------------------------------------
+def test_stub_check_chooses_the_first_path_that_carries_tensors_and_imports() -> None:
+    from bench.gpu import stub_check
+
+    results = {
+        "carried_numpy": {"tensors_ok": True, "imports_ok": False},
+        "machine_numpy": {"tensors_ok": False, "imports_ok": True},
+    }
+    assert stub_check.choose(results) is None
+    results["carried_numpy"]["imports_ok"] = True
+    assert stub_check.choose(results) == "carried_numpy"
+
+
+def test_rehearsal_fails_a_report_that_would_not_have_served() -> None:
+    from bench.gpu import rehearsal
+
+    answered = {"requests": 4, "answered": 4, "errors": {}}
+    good: dict[str, Any] = {
+        "environment": {"packages": {"torch": "2.11.0"}},
+        "phase_s": dict.fromkeys(gpu_phases(), 1.0),
+        "e2e": {
+            "c1": answered,
+            "c8": answered,
+            "mixed": {"c1": answered},
+            "determinism": {"identical": True},
+        },
+        "done": True,
+    }
+    assert rehearsal.problems(good) == []
+    bad = json.loads(json.dumps(good))
+    bad["e2e"]["c8"] = {"requests": 32, "answered": 0, "errors": {"503": 32}}
+    bad["e2e"]["determinism"]["identical"] = False
+    bad["errors"] = {"stub": "Traceback ...\nRuntimeError: no stub path carried tensors"}
+    found = rehearsal.problems(bad)
+    assert any("c8: 0 of 32" in p for p in found) and any("determinism" in p for p in found)
+    assert any("phase stub failed: RuntimeError" in p for p in found)
+
+
+def gpu_phases() -> tuple[str, ...]:
+    from bench.gpu.__main__ import PHASES
+
+    return PHASES

@@ -6,7 +6,10 @@ size or position. ``batch_invariant`` makes chosen module kinds see only shapes 
 
 * ``rows=1``: one sample at a time (what the CPU needs; exact by construction, costs launches);
 * ``rows=N``: always exactly ``N`` rows, zero-padded (one kernel plan per module whatever the load;
-  exact where the kernel is *position*-invariant at that shape, which the GPU map measures).
+  exact where the kernel is *position*-invariant at that shape, which the GPU map measures);
+* ``conv1x1_gemm`` / ``conv2d_gemm``: the 1x1 (or every) Conv2d computed as one GEMM over output
+  pixels (``conv_gemm.py``), the whole batch at once: invariant where the GEMM is row-invariant, which
+  pinned cuBLASLt is for every ``Linear``. A ``conv2d`` entry beside them splits only the rest.
 
 On CUDA, ``pin_cuda_kernels`` also takes away the library choices that follow the batch (split-K
 reductions, TF32, cuDNN autotuning). What each device kind needs was measured (``bench/gpu`` on an
@@ -24,8 +27,10 @@ import torch
 
 # Module kinds a plan can name. ``text_encoder`` and ``vae_decode`` wrap a whole component.
 LAYER_KINDS = ("conv2d", "linear", "attention", "group_norm", "layer_norm")
+# Convolutions rewritten as a GEMM; their rows default to 0, the whole batch in one product.
+GEMM_KINDS = ("conv1x1_gemm", "conv2d_gemm")
 COMPONENT_KINDS = ("text_encoder", "vae_decode")
-KINDS = LAYER_KINDS + COMPONENT_KINDS
+KINDS = GEMM_KINDS + LAYER_KINDS + COMPONENT_KINDS
 
 
 @dataclass(frozen=True)
@@ -37,7 +42,7 @@ class InvariancePlan:
 
     def spec(self) -> str:
         """The ``invariant_modules`` parameter value that parses back to this plan (without the pin)."""
-        return ",".join(f"{kind}:{rows}" for kind, rows in self.rows.items())
+        return ",".join(f"{kind}:{rows}" if rows else kind for kind, rows in self.rows.items())
 
 
 # Measured defaults per device kind (the ``invariant_modules`` parameter's "auto").
@@ -56,7 +61,9 @@ DEFAULT_PLANS: dict[str, InvariancePlan] = {
 
 
 def parse_plan(value: str, device_type: str) -> InvariancePlan:
-    """``auto`` (the device kind's default) or ``kind[:rows],...``, e.g. ``conv2d:16,vae_decode``."""
+    """``auto`` (the device kind's default) or ``kind[:rows],...``, e.g. ``conv2d:16,vae_decode``.
+
+    Rows default to 1 (one sample at a time), or 0 (the whole batch) for the GEMM kinds."""
     value = value.strip()
     if value in ("", "auto"):
         return DEFAULT_PLANS.get(device_type, DEFAULT_PLANS["cpu"])
@@ -67,12 +74,13 @@ def parse_plan(value: str, device_type: str) -> InvariancePlan:
             raise ValueError(f"invariant_modules: unknown kind {kind!r} in {value!r} (known: {', '.join(KINDS)})")
         if kind in rows:
             raise ValueError(f"invariant_modules: {kind!r} is named twice in {value!r}")
+        least = 0 if kind in GEMM_KINDS else 1
         try:
-            rows[kind] = int(count) if count else 1
+            rows[kind] = int(count) if count else least
         except ValueError:
             raise ValueError(f"invariant_modules: rows for {kind!r} must be an integer but is {count!r}") from None
-        if not 1 <= rows[kind] <= 64:
-            raise ValueError(f"invariant_modules: rows for {kind!r} must be 1 to 64 but is {rows[kind]}")
+        if not least <= rows[kind] <= 64:
+            raise ValueError(f"invariant_modules: rows for {kind!r} must be {least} to 64 but is {rows[kind]}")
     return InvariancePlan(rows, pin_kernels=device_type == "cuda")
 
 
@@ -188,14 +196,27 @@ def apply_plan(pipe: Any, plan: InvariancePlan) -> int:
 
     Returns how many modules were wrapped. ``pin_kernels`` is process-wide and applied by the caller.
     """
+    from conv_gemm import gemm_forward, is_gemm, is_pointwise, supported
+
     wrapped = 0
     classes = layer_classes()
-    for kind, rows in plan.rows.items():
-        if kind in classes:
+    # GEMM convolutions first: a ``conv2d`` entry then splits only the convolutions they left.
+    for kind, rows in sorted(plan.rows.items(), key=lambda item: item[0] not in GEMM_KINDS):
+        if kind in GEMM_KINDS:
+            convs = [m for m in pipe.unet.modules() if isinstance(m, torch.nn.Conv2d) and supported(m)]
+            for module in convs:
+                if not is_gemm(module) and (kind == "conv2d_gemm" or is_pointwise(module)):
+                    forward: Callable[..., Any] = gemm_forward(module)
+                    if rows:
+                        forward = fixed_rows(forward, rows)
+                        forward.__conv_gemm__ = True  # type: ignore[attr-defined]
+                    module.forward = forward  # type: ignore[method-assign]
+                    wrapped += 1
+        elif kind in classes:
             for model in (pipe.unet, pipe.text_encoder):
                 for module in model.modules():
-                    if isinstance(module, classes[kind]):
-                        module.forward = fixed_rows(module.forward, rows)  # type: ignore[attr-defined]
+                    if isinstance(module, classes[kind]) and not is_gemm(module):
+                        module.forward = fixed_rows(module.forward, rows)  # type: ignore[method-assign]
                         wrapped += 1
         elif kind == "text_encoder":
             pipe.text_encoder.forward = fixed_rows(pipe.text_encoder.forward, rows)

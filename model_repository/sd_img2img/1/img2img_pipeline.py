@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 from batch_invariance import InvariancePlan, apply_plan, parse_plan, pin_cuda_kernels
-from cuda_graphs import GraphedUNet
+from cuda_graphs import DEFAULT_ROW_BUCKETS, GraphedUNet
 from diffusers import StableDiffusionImg2ImgPipeline
 
 from img2img_requests import PipelineCall, to_uint8
@@ -50,7 +50,11 @@ class Img2ImgRunner:
         determinism: str = "batch_invariant",
         invariant_modules: str = "auto",
         cuda_graphs: bool = False,
+        graph_sizes: tuple[int, ...] = (),
+        graph_rows: tuple[int, ...] = DEFAULT_ROW_BUCKETS,
+        per_row_timesteps: bool = True,
         local_files_only: bool = False,
+        log: Callable[[str], None] = print,
     ) -> None:
         if determinism not in DETERMINISM_MODES:
             raise ValueError(f"determinism must be one of {DETERMINISM_MODES} but is {determinism!r}")
@@ -74,17 +78,41 @@ class Img2ImgRunner:
             if self.plan.pin_kernels:
                 pin_cuda_kernels()
             apply_plan(self.pipe, self.plan)
+        self.graphs: GraphedUNet | None = None
         if cuda_graphs and self.device.type == "cuda":
-            self.pipe.unet.forward = GraphedUNet(self.pipe.unet.forward)
+            self.graphs = GraphedUNet(self.pipe.unet.forward, row_buckets=graph_rows, log=log)
+            self.pipe.unet.forward = self.graphs
+            self.capture_graphs(graph_sizes, per_row_timesteps)
         # Every scheduler is built once from the checkpoint's config, so a request can only name one that works.
         base = self.pipe.scheduler
         self._schedulers: dict[str, Any] = {"": base}
+        self.missing_schedulers: dict[str, str] = {}
         for cls in (type(base), *base.compatibles):
             if cls.__name__ not in _UNSUPPORTED_SCHEDULERS:
-                self._schedulers[cls.__name__] = cls.from_config(base.config)
+                try:
+                    self._schedulers[cls.__name__] = cls.from_config(base.config)
+                except ImportError as exc:  # diffusers' placeholder for a missing backend (LMS needs scipy)
+                    self.missing_schedulers[cls.__name__] = str(exc).strip().splitlines()[0]
         for alias, name in SCHEDULER_ALIASES.items():
             if name in self._schedulers:
                 self._schedulers[alias] = self._schedulers[name]
+
+    @torch.inference_mode()
+    def capture_graphs(self, sizes: tuple[int, ...], per_row_timesteps: bool) -> int:
+        """Capture the UNet's graphs at load for square images of ``sizes`` px, every row bucket: the
+        step scheduler passes a timestep per row, a whole pipeline call one scalar."""
+        if self.graphs is None:
+            return 0
+        unet, scale = self.pipe.unet, 2 ** (len(self.pipe.vae.config.block_out_channels) - 1)
+        width = self.pipe.text_encoder.config.hidden_size
+        length = self.pipe.tokenizer.model_max_length
+        examples = []
+        for side in sizes:
+            sample = torch.zeros((1, unet.config.in_channels, side // scale, side // scale), device=self.device)
+            timestep = torch.full((1,) if per_row_timesteps else (), 999, device=self.device, dtype=torch.long)
+            context = torch.zeros((1, length, width), device=self.device)
+            examples.append((sample.to(self.dtype), timestep, context.to(self.dtype)))
+        return self.graphs.capture(examples)
 
     @property
     def min_image_side(self) -> int:

@@ -107,6 +107,7 @@ def _flag(value: str) -> bool:
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         import torch
+        from cuda_graphs import row_buckets
 
         from img2img_pipeline import DETERMINISM_MODES, Img2ImgRunner
 
@@ -162,6 +163,14 @@ class TritonPythonModel:
 
         invariant_modules = _parameter(config, "invariant_modules", "auto")
         graphs = _parameter(config, "cuda_graphs", "auto")
+        graph_sizes = _parameter(config, "cuda_graph_sizes", "512")
+        try:
+            sizes = tuple(int(side) for side in graph_sizes.split(",") if side.strip())
+        except ValueError as exc:
+            raise pb_utils.TritonModelException(
+                f"parameter cuda_graph_sizes must be image sides in px separated by commas but is {graph_sizes!r}"
+            ) from exc
+        buckets = row_buckets(self.max_rows_in_flight)
         min_step_ms = _parameter(config, "min_step_ms", "0")
         try:
             self.pace = StepPace(int(min_step_ms) / 1000)
@@ -187,6 +196,10 @@ class TritonPythonModel:
                     determinism=determinism,
                     invariant_modules=invariant_modules,
                     cuda_graphs=on_gpu if graphs == "auto" else _flag(graphs),
+                    graph_sizes=sizes,
+                    graph_rows=buckets,
+                    per_row_timesteps=self.batching == "step",
+                    log=self.logger.log_info,
                     local_files_only=_flag(_parameter(config, "local_files_only", "false")),
                 )
             )
@@ -195,6 +208,8 @@ class TritonPythonModel:
         if self.runner.plan is not None:
             self.logger.log_info(f"{self.model_name}: batch invariance plan {self.runner.plan}")
         self.schedulers = self.runner.scheduler_names
+        for name, why in self.runner.missing_schedulers.items():
+            self.logger.log_warn(f"{self.model_name}: scheduler {name} left out: {why}")
         # The family must outlive its metric (Triton refuses increments of an orphaned metric).
         self.step_family = pb_utils.MetricFamily(
             name=STEP_METRIC,
