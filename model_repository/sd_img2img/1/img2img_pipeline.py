@@ -109,7 +109,9 @@ class Img2ImgRunner:
         examples = []
         for side in sizes:
             sample = torch.zeros((1, unet.config.in_channels, side // scale, side // scale), device=self.device)
-            timestep = torch.full((1,) if per_row_timesteps else (), 999, device=self.device, dtype=torch.long)
+            # As the step denoiser passes them (float32, one per row), or the pipeline (PNDM's int64 scalar).
+            shape, kind = ((1,), torch.float32) if per_row_timesteps else ((), torch.long)
+            timestep = torch.full(shape, 999, device=self.device, dtype=kind)
             context = torch.zeros((1, length, width), device=self.device)
             examples.append((sample.to(self.dtype), timestep, context.to(self.dtype)))
         return self.graphs.capture(examples)
