@@ -119,7 +119,7 @@ gpu-carry: setup
 gpu-rehearsal: model gpu-carry
 	$(PY) -m bench.gpu.rehearsal $(REHEARSAL_ARGS)
 
-# On a machine with an NVIDIA GPU and a CUDA torch in python3 (README "On a GPU"): builds the full-size
+# On a machine with an NVIDIA GPU and a CUDA torch in python3 (docs/gpu-command.md): builds the full-size
 # random SD 1.5 on the GPU, measures, writes $(GPU_OUT)/gpu-report.json and gpu.md (docs/gpu.md's source).
 GPU_OUT ?= .build/gpu
 gpu-report:

@@ -1,4 +1,4 @@
-"""Every frontend setting, from ``SD_*`` environment variables (see the README's table).
+"""Every frontend setting, from ``SD_*`` environment variables (see docs/settings.md).
 
 Built once in ``main()`` and passed to ``create_app``; nothing reads the environment at import time.
 """

@@ -63,7 +63,7 @@ def render(data: dict[str, Any]) -> str:
     out = [
         "# The service on a GPU",
         "",
-        'Written by `python -m bench.gpu.report` from the JSON of `bash bench/gpu/run.sh` (README, "On a GPU");',
+        'Written by `python -m bench.gpu.report` from the JSON of `bash bench/gpu/run.sh` (docs/gpu-command.md);',
         "full-size SD 1.5 with random weights built on the GPU, fp16. Do not edit by hand.",
         "",
         f"- GPU: {env.get('gpu', 'none')} ({env.get('gpu_memory_gib', '-')} GiB,"
