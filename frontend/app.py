@@ -14,6 +14,7 @@ from aiohttp import web
 
 from .app_keys import BACKEND, DELIVERER, HISTORY, KEY_HASHES, METRICS, READINESS, RUNS, SESSION, SETTINGS, STORE
 from .auth import key_hash
+from .backend import Backend
 from .http import handlers
 from .http.middlewares import auth_middleware, context_middleware, error_middleware
 from .http.playground import security_headers, setup_playground
@@ -29,14 +30,13 @@ from .runs.service import RunService
 from .settings import Settings
 from .store import RunStore, open_store, redacted
 from .triton_backend import TritonBackend
+from .version import user_agent
 from .webhooks import WebhookDeliverer, WebhookSigner
 
 log = logging.getLogger("frontend")
 
 
-def create_app(
-    settings: Settings, *, backend: TritonBackend | None = None, store: RunStore | None = None
-) -> web.Application:
+def create_app(settings: Settings, *, backend: Backend | None = None, store: RunStore | None = None) -> web.Application:
     """``backend`` and ``store`` replace the Triton client and the configured store (tests)."""
     app = web.Application(
         client_max_size=settings.max_body_bytes,
@@ -94,14 +94,14 @@ async def _session(app: web.Application) -> AsyncIterator[None]:
     connector = aiohttp.TCPConnector(
         socket_factory=guarded_socket_factory(app[SETTINGS].allow_private_networks), limit=100, ttl_dns_cache=60
     )
-    app[SESSION] = aiohttp.ClientSession(connector=connector, trust_env=False, headers={"User-Agent": "sd-img2img/1.0"})
+    app[SESSION] = aiohttp.ClientSession(connector=connector, trust_env=False, headers={"User-Agent": user_agent()})
     try:
         yield
     finally:
         await app[SESSION].close()
 
 
-def _backend(given: TritonBackend | None):  # type: ignore[no-untyped-def]  # a cleanup_ctx factory
+def _backend(given: Backend | None):  # type: ignore[no-untyped-def]  # a cleanup_ctx factory
     async def backend_ctx(app: web.Application) -> AsyncIterator[None]:
         settings = app[SETTINGS]
         backend = given or TritonBackend(

@@ -5,19 +5,19 @@ from __future__ import annotations
 import aiohttp
 from aiohttp import web
 
+from .backend import Backend
 from .metrics import Metrics
 from .readiness import Readiness
 from .runs.history import RunHistory
 from .runs.service import RunService
 from .settings import Settings
 from .store import RunStore
-from .triton_backend import TritonBackend
 from .webhooks import WebhookDeliverer
 
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", Metrics)
 STORE = web.AppKey("store", RunStore)
-BACKEND = web.AppKey("backend", TritonBackend)
+BACKEND = web.AppKey("backend", Backend)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 DELIVERER = web.AppKey("deliverer", WebhookDeliverer)
 RUNS = web.AppKey("runs", RunService)

@@ -8,18 +8,20 @@ from typing import Any
 
 import numpy as np
 
+from . import defaults
+
 
 @dataclass(frozen=True)
 class GenerationInput:
     prompt: str
     image: np.ndarray  # RGB uint8 HWC, sides multiples of 8
-    negative_prompt: str = ""
-    strength: float = 0.8
-    num_inference_steps: int = 50
-    guidance_scale: float = 7.5
-    num_images_per_prompt: int = 1
+    negative_prompt: str = defaults.NEGATIVE_PROMPT
+    strength: float = defaults.STRENGTH
+    num_inference_steps: int = defaults.NUM_INFERENCE_STEPS
+    guidance_scale: float = defaults.GUIDANCE_SCALE
+    num_images_per_prompt: int = defaults.NUM_IMAGES_PER_PROMPT
     seed: int = -1  # -1: the model draws one and reports it
-    scheduler: str = ""
+    scheduler: str = defaults.SCHEDULER
 
 
 @dataclass(frozen=True)

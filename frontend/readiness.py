@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .backend import Backend
 from .generation import GenerationInput
 from .settings import Settings
 from .store import RunStore
-from .triton_backend import TritonBackend
 
 # 64 px: the smallest side SD 1.5's UNet takes (latent 8, halved three times).
 CANARY = GenerationInput(
@@ -35,7 +35,7 @@ CANARY = GenerationInput(
 
 @dataclass
 class Readiness:
-    backend: TritonBackend
+    backend: Backend
     settings: Settings
     store: RunStore
     _canary: asyncio.Task[object] | None = None

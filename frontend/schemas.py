@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from . import defaults
 from .errors import InvalidRequest
 from .settings import Settings
 
@@ -26,15 +27,17 @@ class PredictBody(BaseModel):
     prompt: str = Field(min_length=1, description="What the images should show.")
     image: str | None = Field(default=None, description="Init image, base64 or a data: URI. Wins over file_url.")
     file_url: str | None = Field(default=None, description="http(s) URL of the init image, fetched by the service.")
-    num_inference_steps: int = Field(default=50, ge=1)
-    guidance_scale: float = Field(default=7.5, ge=0.0)
-    num_images_per_prompt: int = Field(default=1, ge=1)
-    negative_prompt: str = ""
+    num_inference_steps: int = Field(default=defaults.NUM_INFERENCE_STEPS, ge=1)
+    guidance_scale: float = Field(default=defaults.GUIDANCE_SCALE, ge=0.0)
+    num_images_per_prompt: int = Field(default=defaults.NUM_IMAGES_PER_PROMPT, ge=1)
+    negative_prompt: str = defaults.NEGATIVE_PROMPT
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED, description="Same inputs + seed = same images.")
     webhook_endpoint: str | None = Field(default=None, description="If set: answer 202 and POST the result here.")
-    strength: float = Field(default=0.8, ge=0.0, le=1.0, description="How far from the init image (0..1).")
+    strength: float = Field(
+        default=defaults.STRENGTH, ge=0.0, le=1.0, description="How far from the init image (0..1)."
+    )
     scheduler: str = Field(
-        default="",
+        default=defaults.SCHEDULER,
         description="A diffusers scheduler name or alias; empty = model default.",
         examples=SCHEDULER_EXAMPLES,
     )

@@ -15,19 +15,15 @@ from ..app_keys import HISTORY, METRICS, READINESS, RUNS, SETTINGS
 from ..errors import (
     ApiError,
     BackendUnavailable,
-    IdempotencyKeyInUse,
-    IdempotencyKeyReused,
     InvalidJson,
     NotFound,
     RunFinished,
 )
 from ..fairness import Slot
 from ..runs import control
-from ..runs.execute import RunStopped, RunTakenOver
 from ..runs.history import page_limit
 from ..runs.recovery import consume_outcome
-from ..runs.service import ACCEPTED_MESSAGE, QUEUED_MESSAGE, RunService, answer_of
-from ..runs.view import run_view
+from ..runs.service import ACCEPTED_MESSAGE, QUEUED_MESSAGE, RunService
 from ..schemas import parse_body
 from ..store import RunStatus
 from .middlewares import KEY_HASH
@@ -76,9 +72,13 @@ async def _predict(request: web.Request, runs: RunService, key_hash: str, slot: 
     run_id = str(uuid.uuid4())
     # 1. The same Idempotency-Key again: the first answer, never a second generation.
     if key is not None:
-        first = await runs.claim_key(key_hash, key, control.fingerprint(data, respond_async), run_id)
+        fingerprint = control.fingerprint(data, respond_async)
+        first = await runs.idempotency.claim(key_hash, key, fingerprint, run_id)
         if first is not None:
-            return await _replay(runs, key_hash, key, first, control.fingerprint(data, respond_async))
+            status, replayed = await runs.idempotency.replay(key_hash, key, first, fingerprint)
+            return web.Response(
+                status=status, body=replayed, content_type="application/json", headers={"Idempotent-Replayed": "true"}
+            )
     # 2. Admit (per-key fairness), prepare and record; nothing of a refused request is kept.
     try:
         slot = slot or runs.fairness.acquire(key_hash)
@@ -94,7 +94,7 @@ async def _predict(request: web.Request, runs: RunService, key_hash: str, slot: 
             raise
     except BaseException:
         if key is not None:
-            await runs.store.release_idempotency(key_hash, key)
+            await runs.idempotency.release(key_hash, key)
         raise
     slot.started = True
     task = runs.start(run_id, lease, prepared.params, prepared.image, prepared.webhook_endpoint, slot)
@@ -110,7 +110,7 @@ async def _predict(request: web.Request, runs: RunService, key_hash: str, slot: 
         if prepared.warnings:
             answer["warnings"] = prepared.warnings
         if key is not None:
-            await runs.store.answer_idempotency(key_hash, key, 202, json.dumps(answer))
+            await runs.idempotency.remember(key_hash, key, 202, answer)
         return web.json_response(answer, status=202, headers={"Location": f"/runs/{run_id}", **limits})
     # 4. Synchronous: wait, unless the caller hangs up. Then nobody can fetch a result whose run id they
     #    never got, so the run is canceled, unless a retry with the same Idempotency-Key will ask for it.
@@ -118,26 +118,17 @@ async def _predict(request: web.Request, runs: RunService, key_hash: str, slot: 
         if key is None:
             await runs.cancel(run_id, key_hash, reason="the client disconnected")
         else:
-            asyncio.create_task(_remember_answer(runs, task, key_hash, key, run_id), name=f"idempotent-{run_id}")
+            runs.remember_when_done(task, key_hash, key, run_id)
         return web.Response(status=499)  # nobody reads it: the connection is gone
     try:
-        status, payload = await _answer(runs, task, key_hash, run_id)
+        status, payload = await runs.answer(task, key_hash, run_id)
     except ApiError as error:
         if key is not None:
-            await _remember_error(runs, key_hash, key, error)
+            await runs.idempotency.remember_error(key_hash, key, error)
         raise
     if key is not None:
-        await runs.store.answer_idempotency(key_hash, key, status, json.dumps(payload))
+        await runs.idempotency.remember(key_hash, key, status, payload)
     return web.json_response(payload, status=status, headers=limits)
-
-
-async def _remember_error(runs: RunService, key_hash: str, key: str, error: ApiError) -> None:
-    """A failure is the answer to replay, unless it says "not now" (503, 429): then the key is freed, so
-    a retry with it (what clients do on those) generates rather than replays the refusal."""
-    if error.status in (429, 503):
-        await runs.store.release_idempotency(key_hash, key)
-    else:
-        await runs.store.answer_idempotency(key_hash, key, error.status, json.dumps(error.body()))
 
 
 async def _finished_or_gone(request: web.Request, task: asyncio.Task[dict[str, Any]]) -> bool:
@@ -148,52 +139,6 @@ async def _finished_or_gone(request: web.Request, task: asyncio.Task[dict[str, A
             return False
         await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
     return True
-
-
-async def _answer(
-    runs: RunService, task: asyncio.Task[dict[str, Any]], key_hash: str, run_id: str
-) -> tuple[int, dict[str, Any]]:
-    if not task.cancelled():
-        error = task.exception()
-        if error is None:
-            return 200, task.result()
-        if isinstance(error, ApiError) and not isinstance(error, RunStopped | RunTakenOver):
-            raise error  # as it happened here, headers (Retry-After) and all
-    return await runs.outcome(run_id, key_hash)  # stopped, or taken over: as the record says
-
-
-async def _remember_answer(
-    runs: RunService, task: asyncio.Task[dict[str, Any]], key_hash: str, key: str, run_id: str
-) -> None:
-    await asyncio.wait({task})
-    try:
-        status, payload = await _answer(runs, task, key_hash, run_id)
-    except ApiError as error:
-        await _remember_error(runs, key_hash, key, error)
-        return
-    await runs.store.answer_idempotency(key_hash, key, status, json.dumps(payload))
-
-
-async def _replay(runs: RunService, key_hash: str, key: str, first: Any, fingerprint: str) -> web.Response:
-    if first.fingerprint != fingerprint:
-        raise IdempotencyKeyReused(
-            f"Idempotency-Key {key!r} was used with another request body; send a new key for a new request",
-            param="Idempotency-Key",
-        )
-    status, body = first.response_status, first.response_body
-    if status is None:  # the first is running; or its replica died before it answered
-        run = await runs.store.get_run(first.run_id, key_hash)
-        if run is None or not run.status.is_terminal:
-            raise IdempotencyKeyInUse(
-                f"the first request with Idempotency-Key {key!r} (run {first.run_id}) is still running",
-                param="Idempotency-Key",
-                headers={"Retry-After": "1"},
-            )
-        status, payload = answer_of(run, run_view(run, await runs.store.delivery_for_run(run.id)))
-        body = json.dumps(payload)
-    return web.Response(
-        status=status, body=body, content_type="application/json", headers={"Idempotent-Replayed": "true"}
-    )
 
 
 async def cancel_run(request: web.Request) -> web.Response:

@@ -7,6 +7,7 @@ from typing import Any
 from ..errors import ERROR_TABLE
 from ..schemas import PredictBody
 from ..settings import Settings
+from ..version import version
 
 ERROR_SCHEMA = {
     "type": "object",
@@ -116,7 +117,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
     secured: list[dict[str, list[str]]] = [{"ApiKey": []}]
     return {
         "openapi": "3.1.0",
-        "info": {"title": "Stable Diffusion img2img", "version": "1.0.0"},
+        "info": {"title": "Stable Diffusion img2img", "version": version()},
         "components": {
             "securitySchemes": {"ApiKey": {"type": "apiKey", "in": "header", "name": "Authorization"}},
             "schemas": {"PredictBody": body_schema, "Result": RESULT_SCHEMA, "Error": ERROR_SCHEMA},

@@ -88,3 +88,9 @@ def events_so_far(run: Run | RunState) -> list[Event]:
     if run.status.is_terminal:
         events.append(Event(FINAL_EVENT_ID, run.status))
     return events
+
+
+def is_background(params: dict[str, Any], webhook_endpoint: str | None) -> bool:
+    """Answered 202 at once (a webhook, or ``Prefer: respond-async``): its input image is kept and the run
+    is resumed after a crash. Otherwise synchronous: its caller holds the connection, and retries."""
+    return webhook_endpoint is not None or bool(params.get("respond_async"))

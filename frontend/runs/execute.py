@@ -13,13 +13,15 @@ from typing import Any
 import numpy as np
 
 from .. import images
+from ..backend import Backend
 from ..errors import ApiError, BackendUnavailable
 from ..generation import Generated, GenerationInput
 from ..metrics import Metrics
 from ..settings import Settings
 from ..store import Lease, LeaseLost, RunStatus, RunStore
-from ..triton_backend import QueueDeadlineExpired, TritonBackend
+from ..triton_backend import QueueDeadlineExpired
 from ..webhooks import WebhookDeliverer
+from .control import is_background
 from .progress import ProgressFeed
 
 log = logging.getLogger("frontend.runs")
@@ -89,7 +91,7 @@ class RunExecutor:
         self,
         settings: Settings,
         store: RunStore,
-        backend: TritonBackend,
+        backend: Backend,
         deliverer: WebhookDeliverer,
         metrics: Metrics,
         progress: ProgressFeed,
@@ -108,7 +110,7 @@ class RunExecutor:
     ) -> dict[str, Any]:
         """Returns the answer body; raises ApiError for a failed run (stored and announced first)."""
         # 1. Mark it started (synchronous runs are created 'processing').
-        background = webhook_endpoint is not None or bool(params.get("respond_async"))
+        background = is_background(params, webhook_endpoint)
         if background:
             await self._fenced(run_id, self.store.mark_processing(run_id, lease.current))
         # 2. Generate, within the run's deadline (Cancel-After) if it has one.

@@ -14,6 +14,7 @@ from ..metrics import Metrics
 from ..settings import Settings
 from ..store import LeaseLost, RunStatus, RunStore
 from ..waits import wait_at_most
+from .control import is_background
 from .execute import failure_body
 from .service import RunService
 
@@ -34,7 +35,8 @@ async def resume_unfinished(runs: RunService, store: RunStore, settings: Setting
             runs.adopt(run.id, run.lease)
             continue
         metrics.takeovers.inc()
-        if run.image_png is None:  # a synchronous run: its caller saw the connection break
+        # A synchronous run's caller saw the connection break; a background one resumes from its kept image.
+        if not is_background(run.params, run.webhook_endpoint) or run.image_png is None:
             with contextlib.suppress(LeaseLost):  # a faster replica failed it first
                 body = failure_body(run.id, BackendUnavailable(REPLICA_LOST))
                 await store.finish_run(run.id, run.lease, RunStatus.FAILED, body, None)

@@ -22,9 +22,11 @@ from ..metrics import Metrics
 from ..netguard import host_denial_reason
 from ..schemas import PredictBody
 from ..settings import Settings
-from ..store import IdempotencyRecord, Lease, Run, RunStatus, RunStore
+from ..store import Lease, Run, RunStatus, RunStore
 from . import events
-from .execute import HeldLease, RunExecutor, ms_since, stopped_body
+from .control import is_background
+from .execute import HeldLease, RunExecutor, RunStopped, RunTakenOver, ms_since, stopped_body
+from .idempotency import IdempotencyKeys
 from .view import run_view
 
 log = logging.getLogger("frontend.runs")
@@ -44,8 +46,7 @@ class PreparedRun:
 
     @property
     def background(self) -> bool:
-        """Answered 202 at once (a webhook, or ``Prefer: respond-async``): resumable after a crash."""
-        return self.webhook_endpoint is not None or bool(self.params.get("respond_async"))
+        return is_background(self.params, self.webhook_endpoint)
 
 
 class RunService:
@@ -73,6 +74,9 @@ class RunService:
             settings.rate_per_key_per_s, settings.rate_burst_per_key, settings.max_runs_in_flight_per_key
         )
         self.draining = False  # shutting down: take over nothing more
+        self.idempotency = IdempotencyKeys(store, settings.idempotency_ttl_s, self._finished_answer)
+        # Work started for a request that has gone (an idempotent answer to record): drained like runs.
+        self._follow_ups: set[asyncio.Task[None]] = set()
 
     async def events(self, run_id: str, key_hash: str, seen: int) -> AsyncIterator[bytes]:
         """The run's Server-Sent Events after ``seen`` (``runs/events.py``); NotFound for another key's run."""
@@ -237,27 +241,57 @@ class RunService:
             raise NotFound.run(run_id)
         return answer_of(run, run_view(run, await self.store.delivery_for_run(run_id)))
 
-    # 6. Idempotency-Key: the first request's answer, once, per API key.
-    async def claim_key(self, key_hash: str, key: str, fingerprint: str, run_id: str) -> IdempotencyRecord | None:
-        return await self.store.claim_idempotency(
-            key_hash, key, fingerprint, run_id, now=time.time(), ttl_s=self.settings.idempotency_ttl_s
-        )
+    async def _finished_answer(self, run_id: str, key_hash: str) -> tuple[int, dict[str, Any]] | None:
+        run = await self.store.get_run(run_id, key_hash)
+        if run is None or not run.status.is_terminal:
+            return None
+        return answer_of(run, run_view(run, await self.store.delivery_for_run(run_id)))
+
+    # 6. A synchronous request's answer: as the task ended here, else (stopped, taken over) as recorded.
+    async def answer(
+        self, task: asyncio.Task[dict[str, Any]], key_hash: str, run_id: str
+    ) -> tuple[int, dict[str, Any]]:
+        if not task.cancelled():
+            error = task.exception()
+            if error is None:
+                return 200, task.result()
+            if isinstance(error, ApiError) and not isinstance(error, RunStopped | RunTakenOver):
+                raise error  # as it happened here, headers (Retry-After) and all
+        return await self.outcome(run_id, key_hash)
+
+    def remember_when_done(self, task: asyncio.Task[dict[str, Any]], key_hash: str, key: str, run_id: str) -> None:
+        """The caller hung up but may retry with its Idempotency-Key: record the answer when the run ends
+        (a tracked task, drained at shutdown, its failures logged)."""
+
+        async def remember() -> None:
+            await asyncio.wait({task})
+            try:
+                status, payload = await self.answer(task, key_hash, run_id)
+            except ApiError as error:
+                await self.idempotency.remember_error(key_hash, key, error)
+                return
+            await self.idempotency.remember(key_hash, key, status, payload)
+
+        follow_up = asyncio.create_task(remember(), name=f"idempotent-{run_id}")
+        self._follow_ups.add(follow_up)
+        follow_up.add_done_callback(self._follow_up_done)
+
+    def _follow_up_done(self, task: asyncio.Task[None]) -> None:
+        self._follow_ups.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("could not record an idempotent answer: %r", task.exception(), extra={"task": task.get_name()})
 
     # 7. Shutdown.
     async def drain(self, timeout_s: float) -> None:
         """Let in-flight runs finish; what does not is still 'queued'/'processing' in the store and is
         taken over by another replica (or by this one after a restart)."""
         self.draining = True
-        tasks = list(self._tasks.values())
+        tasks: list[asyncio.Task[Any]] = [*self._tasks.values(), *self._follow_ups]
         if tasks:
             log.info("waiting for %d in-flight runs", len(tasks))
             _done, pending = await asyncio.wait(tasks, timeout=timeout_s)
             for task in pending:
                 task.cancel()
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._tasks)
 
 
 def answer_of(run: Run, view: dict[str, Any]) -> tuple[int, dict[str, Any]]:

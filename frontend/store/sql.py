@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
-UNFINISHED_SQL = "status IN ('queued', 'processing')"
-FINISHED_SQL = "status IN ('succeeded', 'failed', 'canceled', 'aborted')"
+from collections.abc import Iterable
+
+from frontend.store.records import TERMINAL, UNFINISHED, RunStatus
+
+
+def status_in(statuses: Iterable[RunStatus]) -> str:
+    """``status IN (...)`` from the enum, in its order: the SQL never spells a status itself."""
+    return "status IN (" + ", ".join(f"'{status.value}'" for status in RunStatus if status in set(statuses)) + ")"
+
+
+UNFINISHED_SQL = status_in(UNFINISHED)
+FINISHED_SQL = status_in(TERMINAL)
 # For a run aliased ``r``: retention keeps a result while its webhook still has to carry it.
 NO_PENDING_DELIVERY_SQL = "NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.run_id = r.id AND d.status = 'pending')"
 # When this replica should look for deliveries again: one another replica is attempting is not ours

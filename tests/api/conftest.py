@@ -41,4 +41,4 @@ async def api(
     settings: Settings,
     backend: ScriptedBackend,
 ) -> TestClient[web.Request, web.Application]:
-    return await aiohttp_client(create_app(settings, backend=backend))  # type: ignore[arg-type]
+    return await aiohttp_client(create_app(settings, backend=backend))

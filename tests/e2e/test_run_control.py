@@ -22,6 +22,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from frontend.store.records import TERMINAL
+
 from ..support import API_KEYS, PACE_S, EmbeddedTriton, Frontend, free_port
 from .servers import Listener, WebhookReceiver
 from .test_predict import post, seed_body
@@ -306,7 +308,7 @@ async def test_deadline_while_running_cancels_it_early(
 ) -> None:
     before = steps(triton)
     running = await start_async(http, frontend, seed_body(image_b64, **LONG, seed=81), **{"Cancel-After": "2s"})
-    ended = await until_status(http, frontend, running, {"canceled", "succeeded", "failed", "aborted"})
+    ended = await until_status(http, frontend, running, {status.value for status in TERMINAL})
     assert ended["status"] != "succeeded", f"a run of at least {LONG_S:.0f} s finished before its 2 s deadline"
     assert ended["status"] == "canceled" and ended["reason"] == "its Cancel-After passed", ended
     total, _ = await settled_steps(triton)
@@ -322,7 +324,7 @@ async def test_deadline_before_it_reaches_the_model_aborts_it(
     async with aiohttp.ClientSession(headers={"Authorization": API_KEYS[0]}) as http:
         count = inference_count(triton)
         run_id = await start_async(http, down, seed_body(image_b64, seed=84, cancel_after="1s"))
-        ended = await until_status(http, down, run_id, {"canceled", "succeeded", "failed", "aborted"})
+        ended = await until_status(http, down, run_id, {status.value for status in TERMINAL})
         assert ended["status"] == "aborted", ended
         assert inference_count(triton) == count
 

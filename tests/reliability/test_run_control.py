@@ -14,6 +14,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from frontend.store.records import TERMINAL
+
 from ..e2e.servers import Listener, WebhookReceiver
 from ..e2e.test_predict import post, seed_body
 from ..support import API_KEYS, Frontend
@@ -22,7 +24,7 @@ from .figures import Figures
 
 pytestmark = pytest.mark.integration
 GROUP = "run_control"
-FINAL = {"succeeded", "failed", "canceled", "aborted"}
+FINAL = {status.value for status in TERMINAL}
 # The fairness measurement's setting: the burst's key may hold this many runs in flight. Measured here
 # (8 s, 64 clients): key B's p95 ratio 1.7x at 1, 1.9x at 2, 4.9x at 4 (2.45x at 2 over 30 s): a waiting
 # request sits behind the batch in progress, whose size the cap bounds (Triton does not preempt it).
