@@ -12,6 +12,15 @@ from .generation import Generated, GenerationInput, Progress
 from .health import BackendHealth
 
 
+class QueueDeadlineExpired(Exception):
+    """The server dropped the request from its queue at the per-request timeout: it never reached the model."""
+
+
+class CanceledByServer(Exception):
+    """The server cancelled the request (Triton's CANCELLED) without our asking: the run ends ``canceled``,
+    as one canceled by request does, not as an outage to retry."""
+
+
 class Backend(Protocol):
     health: BackendHealth  # every call's outcome: what /readyz judges by
 

@@ -10,6 +10,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
 
+from .backend import CanceledByServer, QueueDeadlineExpired
 from .errors import ApiError, BackendTimeout, BackendUnavailable, GenerationFailed, InvalidRequest
 from .generation import Generated, GenerationInput, Progress
 from .health import BackendHealth
@@ -27,10 +28,6 @@ CHANNEL_ARGS = [
     ("grpc.min_reconnect_backoff_ms", 500),
     ("grpc.max_reconnect_backoff_ms", 2000),
 ]
-
-
-class QueueDeadlineExpired(Exception):
-    """Triton dropped the request from its queue at the per-request timeout: it never reached the model."""
 
 
 _INVALID_INPUT = re.compile(r"invalid input '(?P<name>\w+)': (?P<detail>.*)", re.DOTALL)
@@ -59,8 +56,6 @@ def map_error(exc: InferenceServerException) -> ApiError:
         return BackendUnavailable("the model's queue is full; retry later", retry_after_s=2)
     if "UNAVAILABLE" in status or "is not healthy" in message or "not ready" in message or "NOT_FOUND" in status:
         return BackendUnavailable("the model is not available; retry later")
-    if "CANCELLED" in status:
-        return BackendUnavailable("the generation was cancelled by the server; retry")
     return GenerationFailed("the model failed to generate the images")
 
 
@@ -116,6 +111,8 @@ class TritonBackend:
         except InferenceServerException as exc:
             if "timeout expired" in (exc.message() or "").lower():
                 raise QueueDeadlineExpired(exc.message()) from None
+            if "CANCELLED" in str(exc.status() or ""):
+                raise CanceledByServer(exc.message()) from None
             error = map_error(exc)
             if is_death(exc):
                 health.dead_at, health.dead_reason = time.monotonic(), error.message

@@ -13,13 +13,12 @@ from typing import Any
 import numpy as np
 
 from .. import images
-from ..backend import Backend
+from ..backend import Backend, CanceledByServer, QueueDeadlineExpired
 from ..errors import ApiError, BackendUnavailable
 from ..generation import Generated, GenerationInput
 from ..metrics import Metrics
 from ..settings import Settings
 from ..store import Lease, LeaseLost, RunStatus, RunStore
-from ..triton_backend import QueueDeadlineExpired
 from ..webhooks import WebhookDeliverer
 from .control import is_background
 from .progress import ProgressFeed
@@ -128,6 +127,8 @@ class RunExecutor:
                 generated = await asyncio.wait_for(self._generate(run_id, job, retry, deadline, in_triton), wait_s)
         except QueueDeadlineExpired:
             return await self.stop(run_id, RunStatus.ABORTED, "its Cancel-After passed before it reached the model")
+        except CanceledByServer:
+            return await self.stop(run_id, RunStatus.CANCELED, "the model server cancelled it")
         except TimeoutError:  # ours: Triton's own queue timeout fires first for a request still queued
             status = RunStatus.CANCELED if in_triton[0] else RunStatus.ABORTED
             return await self.stop(run_id, status, "its Cancel-After passed")

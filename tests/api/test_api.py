@@ -21,6 +21,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from standardwebhooks import Webhook
 
+from frontend.backend import CanceledByServer
 from frontend.errors import ERROR_TABLE, BackendTimeout, BackendUnavailable, GenerationFailed
 from frontend.generation import Generated, GenerationInput, Progress
 from frontend.health import BackendHealth
@@ -34,6 +35,7 @@ FAILURES: dict[str, Exception] = {
     "fail:timeout": BackendTimeout("the model did not answer in time"),
     "fail:generation": GenerationFailed("the model failed to generate the images"),
     "fail:crash": RuntimeError("a bug"),
+    "fail:server-cancel": CanceledByServer("[StatusCode.CANCELLED] Locally cancelled by application!"),
 }
 
 
@@ -170,6 +172,17 @@ async def test_the_remaining_error_rows_and_an_unexpected_failure(
     assert "a bug" not in json.dumps(answer)  # internals stay in the log
     status, answer, _ = await predict(api, body())
     assert status == 200  # and the server keeps serving
+
+
+async def test_a_run_the_model_server_cancels_ends_canceled_not_unavailable(
+    api: TestClient[web.Request, web.Application],
+) -> None:
+    """Triton's CANCELLED is the run's canceled outcome (409 run_canceled, status canceled), not a 503 to retry."""
+    status, answer, _ = await predict(api, body(prompt="fail:server-cancel"))
+    assert (status, answer["error"]["code"]) == (409, "run_canceled"), answer
+    run = answer["error"]["run"]
+    async with api.get(f"/runs/{run['run_id']}", headers=auth()) as response:
+        assert (await response.json())["status"] == "canceled"
 
 
 async def test_invalid_fields_are_named_with_their_value(api: TestClient[web.Request, web.Application]) -> None:

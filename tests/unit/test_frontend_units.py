@@ -87,6 +87,12 @@ def test_keys_header_forms_and_constant_time_match() -> None:
         ("StatusCode.UNAVAILABLE", "failed to connect to all addresses", errors.BackendUnavailable, None),
         ("StatusCode.INTERNAL", "Stub process 'sd_img2img_0_0' is not healthy.", errors.BackendUnavailable, None),
         ("StatusCode.DEADLINE_EXCEEDED", "Deadline Exceeded", errors.BackendTimeout, None),
+        (
+            "StatusCode.NOT_FOUND",
+            "Request for unknown model: 'sd_img2img' is not found",
+            errors.BackendUnavailable,
+            None,
+        ),
         ("StatusCode.INTERNAL", "generation failed: RuntimeError: CUDA out of memory", errors.GenerationFailed, None),
     ],
 )

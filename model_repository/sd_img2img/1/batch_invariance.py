@@ -33,6 +33,10 @@ COMPONENT_KINDS = ("text_encoder", "vae_decode")
 KINDS = GEMM_KINDS + LAYER_KINDS + COMPONENT_KINDS
 
 
+class InvalidPlan(ValueError):
+    """An ``invariant_modules`` value that does not parse: the message names the kind and echoes the value."""
+
+
 @dataclass(frozen=True)
 class InvariancePlan:
     """Which module kinds run on fixed row counts (kind -> rows), and whether CUDA kernels are pinned."""
@@ -71,16 +75,16 @@ def parse_plan(value: str, device_type: str) -> InvariancePlan:
     for item in value.split(","):
         kind, _, count = item.strip().partition(":")
         if kind not in KINDS:
-            raise ValueError(f"invariant_modules: unknown kind {kind!r} in {value!r} (known: {', '.join(KINDS)})")
+            raise InvalidPlan(f"invariant_modules: unknown kind {kind!r} in {value!r} (known: {', '.join(KINDS)})")
         if kind in rows:
-            raise ValueError(f"invariant_modules: {kind!r} is named twice in {value!r}")
+            raise InvalidPlan(f"invariant_modules: {kind!r} is named twice in {value!r}")
         least = 0 if kind in GEMM_KINDS else 1
         try:
             rows[kind] = int(count) if count else least
         except ValueError:
-            raise ValueError(f"invariant_modules: rows for {kind!r} must be an integer but is {count!r}") from None
+            raise InvalidPlan(f"invariant_modules: rows for {kind!r} must be an integer but is {count!r}") from None
         if not least <= rows[kind] <= 64:
-            raise ValueError(f"invariant_modules: rows for {kind!r} must be {least} to 64 but is {rows[kind]}")
+            raise InvalidPlan(f"invariant_modules: rows for {kind!r} must be {least} to 64 but is {rows[kind]}")
     return InvariancePlan(rows, pin_kernels=device_type == "cuda")
 
 

@@ -13,6 +13,7 @@ import torch
 from batch_invariance import InvariancePlan, apply_plan, parse_plan, pin_cuda_kernels
 from cuda_graphs import DEFAULT_ROW_BUCKETS, GraphedUNet
 from diffusers import StableDiffusionImg2ImgPipeline
+from model_parameters import DETERMINISM_MODES
 
 from img2img_requests import PipelineCall, to_uint8
 
@@ -33,7 +34,6 @@ SCHEDULER_ALIASES = {
     "unipc": "UniPCMultistepScheduler",
 }
 # How a call's images relate to the same images computed alone (config parameter "determinism").
-DETERMINISM_MODES = ("batch_invariant", "per_image", "batched")
 # DPMSolverSDE needs torchsde, which we do not ship; EDMEuler expects EDM-parametrised models.
 _UNSUPPORTED_SCHEDULERS = {"DPMSolverSDEScheduler", "EDMEulerScheduler"}
 

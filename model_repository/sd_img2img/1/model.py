@@ -30,6 +30,7 @@ honour_pythonpath()
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 from engine import Callbacks, Job, OwnerThread, StepEngine  # noqa: E402
+from model_parameters import ModelParameters, ParameterError  # noqa: E402
 from progress_board import Progress, ProgressBoard, board_folder  # noqa: E402
 from step_pace import StepPace  # noqa: E402
 
@@ -66,7 +67,6 @@ ROWS_METRIC = "sd_img2img_unet_rows"
 ROWS_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128]
 ROWS_ACTIVE_METRIC = "sd_img2img_rows_in_flight"
 ROWS_WAITING_METRIC = "sd_img2img_rows_waiting"
-BATCHING_MODES = ("step", "request")
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 T = TypeVar("T")
 
@@ -80,108 +80,48 @@ class Handle(NamedTuple):
     request_id: str  # Triton's request id (the frontend's run id): where its progress is posted; "" = none
 
 
-def _parameter(config: dict[str, Any], name: str, default: str) -> str:
-    """A ``parameters`` value from config.pbtxt; unset, empty or an unfilled ``${...}`` gives ``default``."""
-    value = config.get("parameters", {}).get(name, {}).get("string_value", "")
-    return default if not value or value.startswith("${") else value
-
-
-def _whole_number(config: dict[str, Any], name: str, default: str, minimum: int, why: str) -> int:
-    """An integer parameter of at least ``minimum``; anything else fails ``initialize`` naming it."""
-    value = _parameter(config, name, default)
-    try:
-        number = int(value)
-    except ValueError:
-        number = minimum - 1
-    if number < minimum:
-        raise pb_utils.TritonModelException(
-            f"parameter {name} must be a whole number, at least {minimum} ({why}), but is {value!r}"
-        )
-    return number
-
-
-def _flag(value: str) -> bool:
-    return value.strip().lower() in {"1", "true", "yes", "on"}
-
-
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
+        """Parse the config's parameters once (every bad value named), load the pipeline on this instance's
+        device, register the metrics and, with step batching, start the engine thread.
+
+        Raises ``TritonModelException`` for a bad parameter, so the model fails to load and says why.
+        """
         import torch
+        from batch_invariance import InvalidPlan
         from cuda_graphs import row_buckets
 
-        from img2img_pipeline import DETERMINISM_MODES, Img2ImgRunner
+        from img2img_pipeline import Img2ImgRunner
 
         self.logger = pb_utils.Logger
         config = json.loads(args["model_config"])
         self.model_name = args["model_name"]
+        try:
+            parameters = ModelParameters.from_config(config)
+        except ParameterError as exc:
+            raise pb_utils.TritonModelException(str(exc)) from exc
+        self.parameters = parameters
 
         # KIND_MODEL: the model places itself (on the first visible GPU, if any).
         kind = args.get("model_instance_kind")
         on_gpu = kind == "GPU" or (kind == "MODEL" and torch.cuda.is_available())
         device = f"cuda:{args.get('model_instance_device_id', '0')}" if on_gpu else "cpu"
-        dtype_name = _parameter(config, "dtype", "auto")
-        if dtype_name == "auto":
+        if parameters.dtype == "auto":
             dtype = torch.float16 if on_gpu else torch.float32
-        elif dtype_name in {"float16", "bfloat16", "float32"}:
-            dtype = getattr(torch, dtype_name)
         else:
-            raise pb_utils.TritonModelException(
-                f"parameter dtype must be auto, float16, bfloat16 or float32 but is {dtype_name!r}"
-            )
-
-        model_path = os.environ.get(MODEL_PATH_ENV) or _parameter(
-            config, "model_name_or_path", "stable-diffusion-v1-5/stable-diffusion-v1-5"
-        )
-        self.defaults = Defaults(scheduler=_parameter(config, "default_scheduler", ""))
-        max_images_per_prompt = int(_parameter(config, "max_images_per_prompt", "8"))
-        self.max_images_per_call = int(_parameter(config, "max_images_per_call", "16"))
-        if self.max_images_per_call < max_images_per_prompt:
-            raise pb_utils.TritonModelException(
-                f"parameter max_images_per_call ({self.max_images_per_call}) must be at least "
-                f"max_images_per_prompt ({max_images_per_prompt})"
-            )
-        determinism = _parameter(config, "determinism", "batch_invariant")
-        if determinism not in DETERMINISM_MODES:
-            raise pb_utils.TritonModelException(
-                f"parameter determinism must be one of {DETERMINISM_MODES} but is {determinism!r}"
-            )
-
-        self.batching = _parameter(config, "batching", "step")
-        if self.batching not in BATCHING_MODES:
-            raise pb_utils.TritonModelException(
-                f"parameter batching must be one of {BATCHING_MODES} but is {self.batching!r}"
-            )
-        self.max_rows_in_flight = _whole_number(
-            config,
-            "max_rows_in_flight",
-            "32",
-            2 * max_images_per_prompt,
-            "2 x max_images_per_prompt, a guided request's rows",
-        )
-        self.preview_every_steps = _whole_number(config, "preview_every_steps", "5", 0, "0: no previews")
+            dtype = getattr(torch, parameters.dtype)
+        model_path = os.environ.get(MODEL_PATH_ENV) or parameters.model_name_or_path
+        self.defaults = Defaults(scheduler=parameters.default_scheduler)
+        self.max_images_per_call = parameters.max_images_per_call
+        self.batching = parameters.batching
+        self.max_rows_in_flight = parameters.max_rows_in_flight
+        self.preview_every_steps = parameters.preview_every_steps
         self.model_repository = args.get("model_repository", os.getcwd())
-
-        invariant_modules = _parameter(config, "invariant_modules", "auto")
-        graphs = _parameter(config, "cuda_graphs", "auto")
-        graph_sizes = _parameter(config, "cuda_graph_sizes", "512")
-        try:
-            sizes = tuple(int(side) for side in graph_sizes.split(",") if side.strip())
-        except ValueError as exc:
-            raise pb_utils.TritonModelException(
-                f"parameter cuda_graph_sizes must be image sides in px separated by commas but is {graph_sizes!r}"
-            ) from exc
-        buckets = row_buckets(self.max_rows_in_flight)
-        min_step_ms = _parameter(config, "min_step_ms", "0")
-        try:
-            self.pace = StepPace(int(min_step_ms) / 1000)
-        except ValueError as exc:
-            raise pb_utils.TritonModelException(
-                f"parameter min_step_ms must be a whole number of milliseconds, at least 0, but is {min_step_ms!r}"
-            ) from exc
+        self.pace = StepPace(parameters.min_step_ms / 1000)
 
         self.logger.log_info(
             f"{self.model_name}: loading {model_path} on {device} as {dtype} "
-            f"(determinism={determinism}, invariant_modules={invariant_modules})"
+            f"(determinism={parameters.determinism}, invariant_modules={parameters.invariant_modules})"
         )
         # Step batching: one thread owns every torch call, loading included. A second thread running torch
         # gets an OpenMP team of its own, and with two teams on the machine's cores libgomp stops spinning
@@ -193,17 +133,17 @@ class TritonPythonModel:
                     model_path,
                     device=device,
                     dtype=dtype,
-                    determinism=determinism,
-                    invariant_modules=invariant_modules,
-                    cuda_graphs=on_gpu if graphs == "auto" else _flag(graphs),
-                    graph_sizes=sizes,
-                    graph_rows=buckets,
+                    determinism=parameters.determinism,
+                    invariant_modules=parameters.invariant_modules,
+                    cuda_graphs=on_gpu if parameters.cuda_graphs is None else parameters.cuda_graphs,
+                    graph_sizes=parameters.cuda_graph_sizes,
+                    graph_rows=row_buckets(self.max_rows_in_flight),
                     per_row_timesteps=self.batching == "step",
                     log=self.logger.log_info,
-                    local_files_only=_flag(_parameter(config, "local_files_only", "false")),
+                    local_files_only=parameters.local_files_only,
                 )
             )
-        except ValueError as exc:  # a bad parameter: name it rather than a traceback
+        except InvalidPlan as exc:  # invariant_modules: batch_invariance names the kind and the value
             raise pb_utils.TritonModelException(f"parameter {exc}") from exc
         if self.runner.plan is not None:
             self.logger.log_info(f"{self.model_name}: batch invariance plan {self.runner.plan}")
@@ -227,9 +167,9 @@ class TritonPythonModel:
         self.executing = self.executing_family.Metric(labels=labels)
         self.limits = Limits(
             min_image_side=self.runner.min_image_side,
-            max_image_side=int(_parameter(config, "max_image_side", "1024")),
-            max_images_per_prompt=max_images_per_prompt,
-            max_inference_steps=int(_parameter(config, "max_inference_steps", "500")),
+            max_image_side=parameters.max_image_side,
+            max_images_per_prompt=parameters.max_images_per_prompt,
+            max_inference_steps=parameters.max_inference_steps,
         )
         if self.defaults.scheduler and self.defaults.scheduler not in self.schedulers:
             raise pb_utils.TritonModelException(
@@ -238,7 +178,7 @@ class TritonPythonModel:
             )
         self.engine: StepEngine | None = None
         if self.batching == "step":
-            self._start_engine(labels, determinism)
+            self._start_engine(labels, parameters.determinism)
 
     def _start_engine(self, labels: dict[str, str], determinism: str) -> None:
         from denoiser import StepDenoiser
@@ -298,8 +238,13 @@ class TritonPythonModel:
             raise
 
     def execute(self, requests: list[Any]) -> list[Any] | None:
-        """Answer ``requests``: returns their responses in order (``request`` batching), or hands them
-        to the step engine and returns None; each is then answered through its response sender."""
+        """Called by Triton with a batch of requests, one ``execute`` at a time.
+
+        ``request`` batching: returns one response per request, in order (an invalid one gets its own
+        INVALID_ARG error, a failed pipeline call INTERNAL for its requests only). ``step`` batching:
+        answers invalid requests now, hands the rest to the step engine and returns None; each is then
+        answered once, later, through its response sender with the FINAL flag.
+        """
         if self.engine is None:
             self.executing.set(len(requests))
             try:
@@ -397,10 +342,10 @@ class TritonPythonModel:
                 live.append(request)
         if not live:
             return
-        call = PipelineCall(call.key, tuple(live))
+        live_call = PipelineCall(call.key, tuple(live))
 
         def all_cancelled() -> bool:
-            return all(requests[r.index].is_cancelled() for r in call.requests)
+            return all(requests[r.index].is_cancelled() for r in live_call.requests)
 
         def on_step() -> None:
             self.pace.step()
@@ -408,15 +353,17 @@ class TritonPythonModel:
 
         self.pace.start()
         try:
-            images = self.runner.run(call, should_stop=all_cancelled, on_step=on_step)
+            images = self.runner.run(live_call, should_stop=all_cancelled, on_step=on_step)
+            # Inside the try: a count that does not split fails this call's requests, not the batch.
+            per_request = split_images(live_call, images)
         except Exception as exc:  # a failing call fails only its own requests
-            self.logger.log_error(f"{self.model_name}: pipeline call {call.key} failed: {exc!r}")
-            for request in call.requests:
+            self.logger.log_error(f"{self.model_name}: pipeline call {live_call.key} failed: {exc!r}")
+            for request in live_call.requests:
                 responses[request.index] = self._error(
                     f"generation failed: {type(exc).__name__}: {exc}", pb_utils.TritonError.INTERNAL
                 )
             return
-        for request, own in zip(call.requests, split_images(call, images), strict=True):
+        for request, own in zip(live_call.requests, per_request, strict=True):
             if requests[request.index].is_cancelled():
                 responses[request.index] = self._cancelled()
                 continue
@@ -449,7 +396,8 @@ class TritonPythonModel:
         return cls._error("request was cancelled", pb_utils.TritonError.CANCELLED)
 
     def finalize(self) -> None:
-        """Unload: stop the step engine and answer whatever it still held (UNAVAILABLE: send it again)."""
+        """Called once when Triton unloads the model: stop the step engine and answer every request it still
+        held with UNAVAILABLE (the client may send it again), then log the unload."""
         if self.engine is not None:
             for job in self.engine.stop():
                 self._send(job, self._error("the model is unloading", pb_utils.TritonError.UNAVAILABLE))
