@@ -15,7 +15,7 @@ TINY_STAMP := $(TINY_MODEL_DIR)/tiny_model_build.json
 SERVED_MODEL := $(if $(filter $(abspath $(TINY_MODEL_DIR)),$(abspath $(MODEL_DIR))),model,setup)
 
 .PHONY: setup model model-sd15 postgres browser perf-analyzer playground-shot triton serve serve-replicas serve-sd15 real-size test lint reliability bench \
-	bench-batching bench-latency bench-replicas gpu-carry gpu-rehearsal gpu-report clean
+	bench-replicas gpu-carry gpu-rehearsal gpu-report clean
 
 setup: $(SETUP_STAMP)
 
@@ -124,12 +124,6 @@ gpu-rehearsal: model gpu-carry
 GPU_OUT ?= .build/gpu
 gpu-report:
 	OUT=$(GPU_OUT) bash bench/gpu/run.sh $(GPU_ARGS)
-
-bench-batching: model
-	$(PY) -m bench.batching
-
-bench-latency: model
-	$(PY) -m bench.e2e_latency
 
 lint: setup
 	$(VENV)/bin/ruff check .

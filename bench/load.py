@@ -10,18 +10,21 @@ from typing import Any
 
 import aiohttp
 
+from bench.stats import percentile
 from bench.workload import Workload
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 async def run(
-    url: str, api_key: str, workload: Workload, concurrency: int, requests: int, mixed: bool = False
+    url: str,
+    api_key: str,
+    workload: Workload,
+    concurrency: int,
+    requests: int,
+    mixed: bool = False,
+    keep_samples: bool = False,
 ) -> dict[str, Any]:
-    """``mixed``: steps x strength, guidance and scheduler drawn per request (``Workload.settings``)."""
+    """``mixed``: steps x strength, guidance and scheduler drawn per request (``Workload.settings``);
+    ``keep_samples``: the latencies themselves too (``samples_ms``), for percentiles over several runs."""
     images = workload.png_b64()
     bodies = [
         json.dumps(
@@ -58,7 +61,7 @@ async def run(
         await asyncio.gather(*(client(http) for _ in range(concurrency)))
         elapsed = time.perf_counter() - start
     ms = [s * 1000 for s in latencies]
-    return {
+    figures: dict[str, Any] = {
         "concurrency": concurrency,
         "requests": requests,
         "answered": len(latencies),
@@ -74,3 +77,6 @@ async def run(
             if (values := [t[key] for t in timings if key in t])
         },
     }
+    if keep_samples:
+        figures["samples_ms"] = ms
+    return figures

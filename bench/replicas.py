@@ -45,6 +45,7 @@ import numpy as np
 from PIL import Image
 
 from bench import load, transport
+from bench.stats import percentile, spread
 from bench.workload import Workload
 from embedded.frontend_process import API_KEYS, Frontend
 from embedded.lifecycle import stop_on_signals
@@ -69,10 +70,6 @@ RESULT_B64_BYTES = 150_000  # base64: 200,000 characters, one generated image as
 INPUT_PNG_SIDE = 128  # noise this size encodes to a ~50 KB PNG
 
 
-def spread(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
-
-
 def fmt(s: dict[str, float], digits: int = 1) -> str:
     """``median (min-max)``."""
     return f"{s['median']:.{digits}f} ({s['min']:.{digits}f}-{s['max']:.{digits}f})"
@@ -82,9 +79,9 @@ def latency_stats(seconds: list[float], wall_s: float) -> dict[str, float]:
     ms = [s * 1000 for s in seconds]
     return {
         "runs": len(ms),
-        "p50_ms": load.percentile(ms, 0.50),
-        "p95_ms": load.percentile(ms, 0.95),
-        "p99_ms": load.percentile(ms, 0.99),
+        "p50_ms": percentile(ms, 0.50),
+        "p95_ms": percentile(ms, 0.95),
+        "p99_ms": percentile(ms, 0.99),
         "mean_ms": statistics.fmean(ms),
         "runs_s": len(ms) / wall_s,
     }
@@ -264,7 +261,7 @@ async def spread_load(urls: list[str], workload: Workload, concurrency: int, req
     start = time.perf_counter()
     rows = await asyncio.gather(
         *(
-            load.run(url, API_KEYS[0], workload, share, count)
+            load.run(url, API_KEYS[0], workload, share, count, keep_samples=True)
             for url, share, count in zip(urls, shares, counts, strict=True)
         )
     )
@@ -273,18 +270,18 @@ async def spread_load(urls: list[str], workload: Workload, concurrency: int, req
 
 
 def combine(rows: list[dict[str, Any]], counts: list[int], elapsed: float) -> dict[str, Any]:
-    """One figure for the frontends together: images over the whole wall time; p50/p95 as the frontends'
-    own, weighted by the images each served (each frontend's clients are timed separately)."""
+    """One figure for the frontends together: images over the whole wall time; p50/p95 of every request's
+    latency, whichever frontend served it (the samples pooled: a mean of percentiles is not one)."""
     errors: dict[str, int] = {}
     for row in rows:
         for status, n in row["errors"].items():
             errors[str(status)] = errors.get(str(status), 0) + n
     served = [count - sum(row["errors"].values()) for row, count in zip(rows, counts, strict=True)]
-    total = max(1, sum(served))
+    samples = [ms for row in rows for ms in row.get("samples_ms", [])]
     return {
         "images_s": sum(served) / elapsed,
-        "p50_ms": sum(row["p50_ms"] * n for row, n in zip(rows, served, strict=True)) / total,
-        "p95_ms": sum(row["p95_ms"] * n for row, n in zip(rows, served, strict=True)) / total,
+        "p50_ms": percentile(samples, 0.50) if samples else None,
+        "p95_ms": percentile(samples, 0.95) if samples else None,
         "served_per_frontend": served,
         "errors": errors,
     }

@@ -34,6 +34,7 @@ import psutil
 
 from bench import codecs, load, perf_analyzer, profile, transport
 from bench.report import write_report
+from bench.stats import percentile, spread
 from bench.workload import Workload
 from embedded.frontend_process import API_KEYS, Frontend
 from embedded.lifecycle import die_with_parent, stop_on_signals
@@ -104,10 +105,6 @@ class DirectProcess:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-
-
-def spread(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
 def sweep(grpc_url: str, data: Path, tmp: Path, model: str, levels: list[int], window: int) -> list[dict[str, Any]]:
@@ -228,7 +225,7 @@ def delay_sweep(grpc_url: str, workload: Workload, delays: list[int], repeats: i
                 latencies = asyncio.run(transport.closed_loop_grpc(grpc_url, workload, level, count, model))
                 elapsed = time.perf_counter() - start
                 cells[str(delay)][str(level)].append(
-                    {"req_s": len(latencies) / elapsed, "p50_ms": load.percentile([s * 1000 for s in latencies], 0.5)}
+                    {"req_s": len(latencies) / elapsed, "p50_ms": percentile([s * 1000 for s in latencies], 0.5)}
                 )
         print(f"  delay sweep round done: {[d for d in delays]}", flush=True)
     return {

@@ -17,7 +17,7 @@ import tritonclient.grpc.aio as grpcaio
 import tritonclient.http as httpclient
 import tritonclient.http.aio as httpaio
 
-from bench.load import percentile
+from bench.stats import percentile
 from bench.workload import Workload
 from embedded.triton_calls import Img2Img
 from frontend.generation import GenerationInput

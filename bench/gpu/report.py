@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench.stats import table
+
 
 def merge(reports: list[dict[str, Any]]) -> dict[str, Any]:
     merged: dict[str, Any] = {}
@@ -53,17 +55,12 @@ def _last_error(text: str) -> str:
     return (lines or ["?"])[-1][:300]
 
 
-def table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(row) + " |" for row in rows]
-
-
 def render(data: dict[str, Any]) -> str:
     env = data.get("environment", {})
     out = [
         "# The service on a GPU",
         "",
-        'Written by `python -m bench.gpu.report` from the JSON of `bash bench/gpu/run.sh` (docs/gpu-command.md);',
+        "Written by `python -m bench.gpu.report` from the JSON of `bash bench/gpu/run.sh` (docs/gpu-command.md);",
         "full-size SD 1.5 with random weights built on the GPU, fp16. Do not edit by hand.",
         "",
         f"- GPU: {env.get('gpu', 'none')} ({env.get('gpu_memory_gib', '-')} GiB,"

@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from bench.stats import percentile
 from frontend.store.records import TERMINAL
 
 from ..e2e.servers import Listener, WebhookReceiver
@@ -32,8 +33,7 @@ IN_FLIGHT_CAP = 1
 
 
 def p95(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+    return percentile(values, 0.95)
 
 
 async def one_at_a_time(http: aiohttp.ClientSession, frontend: Frontend, body: dict[str, Any], until: float) -> list:
