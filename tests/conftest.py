@@ -25,8 +25,8 @@ from embedded.lifecycle import stop_on_signals  # noqa: E402
 from embedded.postgres import EmbeddedPostgres  # noqa: E402
 from embedded.triton_server import DEFAULT_MODEL_REPOSITORY, EmbeddedTriton, copy_model_repository  # noqa: E402
 
-from .e2e.servers import png_bytes  # noqa: E402
-from .support import API_KEYS, PACE_MS, PACE_S, Frontend, paced, start_triton  # noqa: E402
+from .helpers.servers import png_bytes  # noqa: E402
+from .helpers.support import API_KEYS, PACE_MS, PACE_S, Frontend, paced, start_triton  # noqa: E402
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -12,8 +12,8 @@ from aiohttp.test_utils import TestClient
 from frontend.app import create_app
 from frontend.settings import Settings
 
-from ..support import API_KEYS, WEBHOOK_SECRET
-from .test_api import ScriptedBackend
+from ..helpers.api import ScriptedBackend
+from ..helpers.support import API_KEYS, WEBHOOK_SECRET
 
 
 @pytest.fixture

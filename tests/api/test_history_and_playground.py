@@ -18,8 +18,8 @@ from frontend.app_keys import STORE
 from frontend.http.playground import API_CSP, PAGE_CSP
 from frontend.settings import Settings
 
-from ..support import API_KEYS
-from .test_api import ScriptedBackend, auth, body, predict
+from ..helpers.api import ScriptedBackend, auth, body, predict
+from ..helpers.support import API_KEYS
 
 Client = TestClient[web.Request, web.Application]
 

@@ -16,8 +16,8 @@ from frontend.auth import key_hash
 from frontend.generation import Progress
 from frontend.settings import Settings
 
-from ..support import API_KEYS
-from .test_api import ScriptedBackend, auth, body, predict
+from ..helpers.api import ScriptedBackend, auth, body, predict
+from ..helpers.support import API_KEYS
 
 Api = TestClient[web.Request, web.Application]
 

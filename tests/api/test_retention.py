@@ -18,9 +18,9 @@ from frontend.app import create_app
 from frontend.app_keys import STORE
 from frontend.settings import Settings
 
-from ..e2e.servers import png_bytes
-from ..support import API_KEYS, WEBHOOK_SECRET
-from .test_api import ScriptedBackend, auth, body, predict
+from ..helpers.api import ScriptedBackend, auth, body, predict
+from ..helpers.servers import png_bytes
+from ..helpers.support import API_KEYS, WEBHOOK_SECRET
 
 Client = TestClient[web.Request, web.Application]
 RESULT_TTL_S, RUN_TTL_S = 0.4, 1.2

@@ -13,8 +13,8 @@ import pytest
 
 from embedded.triton_server import EmbeddedTriton, copy_model_repository
 
-from ..support import API_KEYS, Frontend, paced, start_triton
-from .test_predict import seed_body
+from ..helpers.http import seed_body
+from ..helpers.support import API_KEYS, Frontend, paced, start_triton
 
 pytestmark = pytest.mark.integration
 

@@ -28,8 +28,8 @@ from sd_img2img_client import (
     verify_webhook,
 )
 
-from ..support import API_KEYS, WEBHOOK_SECRET, Frontend
-from .servers import Listener, WebhookReceiver, png_bytes
+from ..helpers.servers import Listener, WebhookReceiver, png_bytes
+from ..helpers.support import API_KEYS, WEBHOOK_SECRET, Frontend
 
 pytestmark = pytest.mark.integration
 IMG2IMG = str(Path(sys.executable).with_name("img2img"))

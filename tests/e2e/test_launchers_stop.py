@@ -23,8 +23,8 @@ import pytest
 from embedded.postgres import EmbeddedPostgres
 from embedded.triton_server import REPO_ROOT, free_port
 
-from ..support import API_KEYS, WEBHOOK_SECRET, Frontend
-from .test_make_serve_model_dir import wait_ready
+from ..helpers.processes import wait_ready
+from ..helpers.support import API_KEYS, WEBHOOK_SECRET, Frontend
 
 pytestmark = pytest.mark.integration
 

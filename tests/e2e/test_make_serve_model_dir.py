@@ -6,13 +6,10 @@ It used to build the tiny random model into that folder (the tiny-model stamp wa
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import os
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import aiohttp
@@ -21,8 +18,9 @@ import pytest
 from embedded.tiny_model import build_pipeline
 from embedded.triton_server import REPO_ROOT, free_port
 
-from ..support import API_KEYS, WEBHOOK_SECRET, Frontend
-from .test_predict import post, seed_body
+from ..helpers.http import post, seed_body
+from ..helpers.processes import interrupt, wait_ready
+from ..helpers.support import API_KEYS, WEBHOOK_SECRET, Frontend
 
 pytestmark = pytest.mark.integration
 
@@ -30,30 +28,6 @@ pytestmark = pytest.mark.integration
 def fingerprint(folder: Path) -> dict[str, str]:
     files = sorted(p for p in folder.rglob("*") if p.is_file())
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
-
-
-async def wait_ready(http: aiohttp.ClientSession, url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        assert process.poll() is None, log.read_text(errors="replace")[-3000:]
-        try:
-            async with http.get(f"{url}/readyz") as response:
-                if response.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.5)
-    raise AssertionError(f"make serve did not become ready:\n{log.read_text(errors='replace')[-3000:]}")
-
-
-def interrupt(process: subprocess.Popen[bytes], timeout_s: float) -> None:
-    """Ctrl-C to make's whole session, as a terminal sends it; SIGKILL if it does not stop in time."""
-    os.killpg(process.pid, signal.SIGINT)
-    try:
-        process.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
 
 
 async def test_make_serve_serves_your_model_dir_and_leaves_it_byte_identical(

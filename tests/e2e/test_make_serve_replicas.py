@@ -15,9 +15,9 @@ import pytest
 from embedded.postgres import EmbeddedPostgres
 from embedded.triton_server import REPO_ROOT, free_port
 
-from ..support import API_KEYS, WEBHOOK_SECRET, Frontend
-from .test_make_serve_model_dir import interrupt, wait_ready
-from .test_predict import post, seed_body
+from ..helpers.http import post, seed_body
+from ..helpers.processes import interrupt, wait_ready
+from ..helpers.support import API_KEYS, WEBHOOK_SECRET, Frontend
 
 pytestmark = pytest.mark.integration
 

@@ -27,8 +27,8 @@ from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_play
 from embedded.frontend_process import Frontend
 from embedded.triton_server import EmbeddedTriton
 
-from ..support import API_KEYS
-from .servers import png_bytes
+from ..helpers.servers import png_bytes
+from ..helpers.support import API_KEYS
 
 pytestmark = pytest.mark.integration
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")

@@ -7,38 +7,17 @@ import io
 import json
 import re
 from collections.abc import Callable
-from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
 from PIL import Image
 
-from ..support import API_KEYS, SEED_CURL_BODY, EmbeddedTriton, Frontend, request_body
-from .servers import Listener, file_server_app, png_bytes
+from ..helpers.http import post, seed_body
+from ..helpers.servers import Listener, file_server_app, png_bytes
+from ..helpers.support import API_KEYS, SEED_CURL_BODY, EmbeddedTriton, Frontend
 
 pytestmark = pytest.mark.integration
-
-
-def seed_body(image_b64: str, **overrides: Any) -> dict[str, Any]:
-    """The seed's example with the commas fixed; fast settings for the tiny model unless overridden."""
-    body: dict[str, Any] = {
-        "prompt": "a photo of an astronaut riding a horse on mars.",
-        "image": image_b64,
-        "num_inference_steps": 50,
-        "guidance_scale": 7.5,
-        "num_images_per_prompt": 1,
-        "negative_prompt": "",
-        "seed": 120,
-    }
-    body.update(overrides)
-    return body
-
-
-async def post(http: aiohttp.ClientSession, frontend: Frontend, body: Any, **kwargs: Any) -> tuple[int, Any, Any]:
-    data = body if isinstance(body, str | bytes) else json.dumps(body)
-    async with http.post(f"{frontend.url}/predict", data=request_body(data), **kwargs) as response:
-        return response.status, await response.json(), response.headers
 
 
 def decode(b64: str) -> Image.Image:

@@ -15,8 +15,8 @@ import pytest
 import requests
 import tritonclient.http as http
 
-from ..support import API_KEYS, PACE_S, EmbeddedTriton, Frontend
-from .servers import png_bytes
+from ..helpers.servers import png_bytes
+from ..helpers.support import API_KEYS, PACE_S, EmbeddedTriton, Frontend
 
 pytestmark = pytest.mark.integration
 

@@ -24,9 +24,9 @@ import pytest
 
 from frontend.store.records import TERMINAL
 
-from ..support import API_KEYS, PACE_S, EmbeddedTriton, Frontend, free_port
-from .servers import Listener, WebhookReceiver
-from .test_predict import post, seed_body
+from ..helpers.http import post, seed_body
+from ..helpers.servers import Listener, WebhookReceiver
+from ..helpers.support import API_KEYS, PACE_S, EmbeddedTriton, Frontend, free_port
 
 pytestmark = pytest.mark.integration
 

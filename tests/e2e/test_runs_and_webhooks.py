@@ -13,9 +13,9 @@ import aiohttp
 import pytest
 from standardwebhooks import Webhook
 
-from ..support import API_KEYS, WEBHOOK_SECRET, EmbeddedTriton, Frontend, free_port
-from .servers import Listener, WebhookReceiver
-from .test_predict import post, seed_body
+from ..helpers.http import post, seed_body, wait_for_run
+from ..helpers.servers import Listener, WebhookReceiver
+from ..helpers.support import API_KEYS, WEBHOOK_SECRET, EmbeddedTriton, Frontend, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -30,17 +30,6 @@ async def accepted_run_id(frontend: Frontend, timeout_s: float = 30) -> str:
                 return str(json.loads(line)["run_id"])
         await asyncio.sleep(0.02)
     raise AssertionError(f"no run accepted within {timeout_s} s:\n{frontend.logs()[-2000:]}")
-
-
-async def wait_for_run(http: aiohttp.ClientSession, frontend: Frontend, run_id: str, status: str) -> dict:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        async with http.get(f"{frontend.url}/runs/{run_id}") as response:
-            view = await response.json()
-        if view.get("status") == status:
-            return view
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"run {run_id} never reached {status}: {view}")
 
 
 async def test_webhook_is_signed_and_retried_until_the_receiver_takes_it(

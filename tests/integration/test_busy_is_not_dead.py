@@ -27,8 +27,8 @@ import pytest
 from embedded.supervisor import Supervisor
 from embedded.triton_server import REPO_ROOT, EmbeddedTriton, copy_model_repository, stub_model
 
-from ..e2e.servers import png_bytes
-from ..support import API_KEYS, Frontend, paced, request_body, start_triton
+from ..helpers.servers import png_bytes
+from ..helpers.support import API_KEYS, Frontend, paced, request_body, start_triton
 
 pytestmark = pytest.mark.integration
 CANARY = REPO_ROOT / "docker" / "triton_canary.py"

@@ -13,7 +13,7 @@ import pytest
 from embedded.triton_calls import Answer, Caller, Img2Img
 from embedded.triton_server import EmbeddedTriton, copy_model_repository
 
-from ..support import paced, random_image, start_triton
+from ..helpers.support import paced, random_image, start_triton
 
 pytestmark = pytest.mark.integration
 

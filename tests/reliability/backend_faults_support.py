@@ -19,7 +19,7 @@ import psutil
 
 from embedded.triton_server import REPO_ROOT, free_port, stub_model
 
-from ..support import Frontend, request_body
+from ..helpers.support import Frontend, request_body
 
 STUB_NAME = "triton_python_backend_stub"
 

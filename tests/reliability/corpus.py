@@ -19,8 +19,8 @@ from typing import Any
 
 from PIL import Image
 
-from ..e2e.servers import png_bytes
-from ..support import SEED_CURL_BODY, random_image
+from ..helpers.servers import png_bytes
+from ..helpers.support import SEED_CURL_BODY, random_image
 
 FOUR_XX = tuple(range(400, 500))
 MIB = 1024 * 1024

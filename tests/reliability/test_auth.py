@@ -16,7 +16,7 @@ import pytest
 
 from frontend.auth import key_hash, match_key
 
-from ..support import API_KEYS, Frontend
+from ..helpers.support import API_KEYS, Frontend
 from .conftest import Scale
 from .corpus import error_shape_problem, raw_request, valid_body
 from .figures import Figures

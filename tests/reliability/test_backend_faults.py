@@ -20,8 +20,8 @@ import pytest
 
 from embedded.triton_server import DEFAULT_MODEL_REPOSITORY, REPO_ROOT, SHM_DIR, EmbeddedTriton, free_port
 
-from ..e2e.servers import Listener, WebhookReceiver
-from ..support import API_KEYS, Frontend
+from ..helpers.servers import Listener, WebhookReceiver
+from ..helpers.support import API_KEYS, Frontend
 from .backend_faults_support import Outcome, Stack, by_status, get_status, post_predict, wait_status
 from .conftest import Scale
 from .figures import Figures

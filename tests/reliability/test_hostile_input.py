@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from schemathesis.generation.modes import GenerationMode
 
-from ..support import API_KEYS, Frontend, request_body
+from ..helpers.support import API_KEYS, Frontend, request_body
 from .conftest import Scale
 from .corpus import Case, corpus, error_shape_problem, valid_body
 from .figures import Figures

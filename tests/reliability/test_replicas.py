@@ -29,9 +29,9 @@ from standardwebhooks import Webhook
 from embedded.triton_server import EmbeddedTriton
 from frontend.runs.recovery import REPLICA_LOST
 
-from ..e2e.servers import Listener
-from ..e2e.test_predict import post, seed_body
-from ..support import WEBHOOK_SECRET, Frontend
+from ..helpers.http import post, seed_body
+from ..helpers.servers import Listener
+from ..helpers.support import WEBHOOK_SECRET, Frontend
 from .conftest import Scale
 from .figures import Figures
 

@@ -17,9 +17,9 @@ import pytest
 from bench.stats import percentile
 from frontend.store.records import TERMINAL
 
-from ..e2e.servers import Listener, WebhookReceiver
-from ..e2e.test_predict import post, seed_body
-from ..support import API_KEYS, Frontend
+from ..helpers.http import post, seed_body
+from ..helpers.servers import Listener, WebhookReceiver
+from ..helpers.support import API_KEYS, Frontend
 from .conftest import Scale
 from .figures import Figures
 

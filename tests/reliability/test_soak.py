@@ -16,7 +16,7 @@ import pytest
 
 from embedded.triton_server import EmbeddedTriton, copy_model_repository
 
-from ..support import API_KEYS, Frontend, start_triton
+from ..helpers.support import API_KEYS, Frontend, start_triton
 from .backend_faults_support import Outcome, by_status, post_predict, triton_processes
 from .conftest import Scale
 from .figures import Figures

@@ -26,10 +26,9 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
-from ..e2e.servers import Listener, WebhookReceiver, file_server_app, png_bytes
-from ..e2e.test_predict import post
-from ..e2e.test_runs_and_webhooks import wait_for_run
-from ..support import Frontend, free_port
+from ..helpers.http import post, wait_for_run
+from ..helpers.servers import Listener, WebhookReceiver, file_server_app, png_bytes
+from ..helpers.support import Frontend, free_port
 from .conftest import Scale
 from .figures import Figures
 

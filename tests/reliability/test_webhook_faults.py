@@ -23,9 +23,9 @@ import pytest
 from aiohttp import web
 from standardwebhooks import Webhook
 
-from ..e2e.servers import Listener
-from ..e2e.test_predict import post, seed_body
-from ..support import WEBHOOK_SECRET, Frontend, free_port
+from ..helpers.http import post, seed_body
+from ..helpers.servers import Listener
+from ..helpers.support import WEBHOOK_SECRET, Frontend, free_port
 from .conftest import Scale
 from .figures import Figures
 

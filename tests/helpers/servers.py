@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 from PIL import Image
 
-from ..support import random_image
+from .support import random_image
 
 
 def png_bytes(size: tuple[int, int] = (64, 64), seed: int = 0) -> bytes:
