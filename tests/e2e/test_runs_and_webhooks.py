@@ -226,3 +226,27 @@ async def test_graceful_shutdown_finishes_in_flight_requests(
     status, answer, _ = await request
     assert status == 200 and answer["message"] == "Successfully generated image" and answer["run_id"] == run_id
     assert await asyncio.to_thread(server.process.wait, 30) == 0
+
+
+async def test_graceful_shutdown_waits_for_a_background_run_and_records_it(
+    http: aiohttp.ClientSession,
+    make_frontend: Callable[..., Frontend],
+    paced_triton: EmbeddedTriton,
+    image_b64: str,
+    tmp_path: Path,
+) -> None:
+    """Only the service's drain waits for a background run (aiohttp waits for handlers, and this one has
+    answered 202): without it the run is cut off, handed back 'processing', and resumed from scratch."""
+    data_dir = tmp_path / "drained"
+    server = make_frontend(data_dir=data_dir, triton_url=paced_triton.grpc_url)
+    body = seed_body(image_b64, num_inference_steps=75, strength=1.0)  # >= 3 s in the paced model
+    status, accepted, _ = await post(http, server, body, headers={"Prefer": "respond-async"})
+    assert status == 202, accepted
+    await wait_for_run(http, server, accepted["run_id"], "processing")
+    assert server.process is not None
+    server.process.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(server.process.wait, 60) == 0
+    again = make_frontend(data_dir=data_dir, triton_url=paced_triton.grpc_url)  # the same store
+    async with http.get(f"{again.url}/runs/{accepted['run_id']}") as response:
+        view = await response.json()
+    assert view["status"] == "succeeded", view

@@ -117,3 +117,71 @@ def test_tritonserver_answers_on_the_device_with_the_same_bytes_amid_neighbours(
     with ThreadPoolExecutor(6) as pool:
         answers = list(pool.map(lambda r: send(triton_on_device, r), requests))
     assert np.array_equal(answers[0], alone)
+
+
+def _tiny_unet(tiny_model: Path, device: str) -> Any:
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel.from_pretrained(tiny_model, subfolder="unet").to(device).eval()
+
+
+@torch.inference_mode()
+def test_cuda_graphs_give_eager_bytes_bucket_rows_and_stay_bounded(tiny_model: Path) -> None:
+    from cuda_graphs import GraphedUNet
+
+    unet = _tiny_unet(tiny_model, "cuda")
+    logs: list[str] = []
+    graphed = GraphedUNet(unet.forward, row_buckets=(2, 4), max_graphs=2, log=logs.append)
+    generator = torch.Generator("cuda").manual_seed(0)
+    width = unet.config.cross_attention_dim
+    for rows in (2, 3, 4):  # 3 rows pad to the 4-row graph
+        sample = torch.randn(rows, unet.config.in_channels, 8, 8, device="cuda", generator=generator)
+        timestep = torch.full((rows,), 500.0, device="cuda")
+        context = torch.randn(rows, 77, width, device="cuda", generator=generator)
+        eager = unet(sample, timestep, context, return_dict=False)[0]
+        assert torch.equal(graphed(sample, timestep, context, return_dict=False)[0], eager), rows
+    assert len(graphed.graphs) == 2 and not graphed.failed and not logs
+    sample = torch.randn(4, unet.config.in_channels, 16, 16, device="cuda", generator=generator)  # a third shape
+    graphed(sample, torch.full((4,), 500.0, device="cuda"), torch.zeros(4, 77, width, device="cuda"))
+    assert len(graphed.graphs) == 2  # bounded: the least recently used went
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs a second CUDA device")
+@torch.inference_mode()
+def test_cuda_graphs_capture_and_replay_on_the_instances_own_device(tiny_model: Path) -> None:
+    from cuda_graphs import GraphedUNet
+
+    unet = _tiny_unet(tiny_model, "cuda:1")
+    graphed = GraphedUNet(unet.forward, row_buckets=(2,))
+    sample = torch.randn(2, unet.config.in_channels, 8, 8, device="cuda:1")
+    timestep = torch.full((2,), 500.0, device="cuda:1")
+    context = torch.randn(2, 77, unet.config.cross_attention_dim, device="cuda:1")
+    out = graphed(sample, timestep, context, return_dict=False)[0]
+    assert out.device == torch.device("cuda:1") and torch.equal(
+        out, unet(sample, timestep, context, return_dict=False)[0]
+    )
+
+
+@torch.inference_mode()
+def test_a_failed_capture_runs_eagerly_and_says_so(tiny_model: Path) -> None:
+    from cuda_graphs import GraphedUNet
+
+    unet = _tiny_unet(tiny_model, "cuda")
+    calls = {"n": 0}
+
+    def flaky(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if torch.cuda.is_current_stream_capturing():
+            raise RuntimeError("not capturable")
+        return unet.forward(*args, **kwargs)
+
+    logs: list[str] = []
+    graphed = GraphedUNet(flaky, row_buckets=(2,), log=logs.append)
+    sample = torch.randn(2, unet.config.in_channels, 8, 8, device="cuda")
+    timestep, context = (
+        torch.full((2,), 500.0, device="cuda"),
+        torch.randn(2, 77, unet.config.cross_attention_dim, device="cuda"),
+    )
+    out = graphed(sample, timestep, context, return_dict=False)[0]
+    assert torch.equal(out, unet(sample, timestep, context, return_dict=False)[0])
+    assert graphed.failed and not graphed.graphs and any("failed, eager" in line for line in logs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Collection
 from typing import Any
 
 import aiohttp
@@ -33,12 +34,17 @@ async def post(http: aiohttp.ClientSession, frontend: Frontend, body: Any, **kwa
         return response.status, await response.json(), response.headers
 
 
-async def wait_for_run(http: aiohttp.ClientSession, frontend: Frontend, run_id: str, status: str) -> dict:
-    deadline = time.monotonic() + 30
+async def wait_for_run(
+    http: aiohttp.ClientSession, frontend: Frontend, run_id: str, status: str | Collection[str], timeout_s: float = 30
+) -> dict:
+    """Poll ``GET /runs/{run_id}`` until its status is ``status`` (or one of them); its view."""
+    wanted = {status} if isinstance(status, str) else set(status)
+    deadline = time.monotonic() + timeout_s
+    view: dict = {}
     while time.monotonic() < deadline:
         async with http.get(f"{frontend.url}/runs/{run_id}") as response:
             view = await response.json()
-        if view.get("status") == status:
+        if view.get("status") in wanted:
             return view
         await asyncio.sleep(0.1)
-    raise AssertionError(f"run {run_id} never reached {status}: {view}")
+    raise AssertionError(f"run {run_id} never reached {sorted(wanted)}: {view}")

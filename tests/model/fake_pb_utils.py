@@ -65,8 +65,14 @@ class InferenceRequest:
     cancelled: bool = False
     sender: ResponseSender = field(default_factory=ResponseSender)
     id: str = ""
+    # Cancelled from the n-th time the model asks on (a client that gives up while its request runs).
+    cancelled_from_check: int | None = None
+    checks: int = 0
 
     def is_cancelled(self) -> bool:
+        self.checks += 1
+        if self.cancelled_from_check is not None and self.checks >= self.cancelled_from_check:
+            self.cancelled = True
         return self.cancelled
 
     def request_id(self) -> str:

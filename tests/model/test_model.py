@@ -175,6 +175,30 @@ def test_cancelled_request_is_answered_cancelled_and_others_run(model: Any) -> N
     assert responses[1].error is None
 
 
+def test_request_batching_stops_a_call_whose_every_request_was_cancelled_mid_call(request_model: Any) -> None:
+    """Cancelled after it started (the pre-call check saw it live): the pipeline stops at the next step."""
+    full, cancelled = request(seed=21), request(seed=21)
+    before = request_model.steps.value
+    assert answer(request_model, [full])[0].error is None
+    steps_full = request_model.steps.value - before
+    cancelled.cancelled_from_check = 2  # 1: the pre-call check; 2: the first step's
+    before = request_model.steps.value
+    response = answer(request_model, [cancelled])[0]
+    assert response.error.code() == pb.TritonError.CANCELLED
+    assert 0 < request_model.steps.value - before < steps_full  # stopped, not run to the end
+
+
+def test_request_batching_answers_cancelled_a_request_cancelled_while_its_neighbour_ran_on(
+    request_model: Any,
+) -> None:
+    """Its neighbour keeps the call going; the post-call check answers the cancelled one CANCELLED."""
+    gone, stays = request(seed=31), request(seed=32)
+    gone.cancelled_from_check = 2
+    responses = answer(request_model, [gone, stays])
+    assert responses[0].error.code() == pb.TritonError.CANCELLED
+    assert responses[1].error is None and responses[1].output("seeds").tolist() == [[32]]
+
+
 def make_model(module: Any, **parameters: str) -> Any:
     instance = module.TritonPythonModel()
     config = model_config(**parameters)

@@ -52,6 +52,14 @@ class Figures:
         self.items.append(Figure(group, name, value, expected, met, note, self.test))
         return value
 
+    def require(self, context: str = "") -> None:
+        """Fail on every figure this test recorded that missed its expectation, each named with its value,
+        expectation and note (the test records once and asserts here, never the same check twice).
+        ``context``: what helps diagnose a miss (a log tail), shown only then."""
+        missed = [f for f in self.items if f.test == self.test and f.met is False]
+        lines = [f"{f.name}: {f.value!r}, expected {f.expected}" + (f" ({f.note})" if f.note else "") for f in missed]
+        assert not missed, "\n".join(lines) + (f"\n{context}" if context else "")
+
     def save(self, elapsed_s: float) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         payload = {"full": self.full, "elapsed_s": elapsed_s, "figures": [asdict(item) for item in self.items]}

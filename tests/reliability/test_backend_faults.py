@@ -233,14 +233,7 @@ async def test_killed_backend_under_load_recovers_by_itself(
             expected="1 (the orchestrator restarts the container)",
             met=canary_rc == 1,
         )
-        assert canary_rc == 1
-    assert not unclean, [(o.status, o.detail) for o in unclean[:5]]
-    assert max_latency < CLIENT_TIMEOUT_S
-    assert max_refusal < REFUSAL_WITHIN_S, slowest_refusal
-    assert unready_after is not None and unready_after <= READYZ_WITHIN_S, readyz
-    assert recovery_s is not None and recovery_s <= RECOVERY_WITHIN_S, stack.logs()[-3000:]
-    assert accepted_ok == async_runs and completed == async_runs, (accepted, receiver.received)
-    assert not orphans and regions_after == regions_before
+    figures.require(context=f"readyz polls: {readyz[-20:]}\nstack log:\n{stack.logs()[-3000:]}")
 
 
 async def test_triton_slow_to_become_ready(
@@ -317,9 +310,4 @@ async def test_triton_slow_to_become_ready(
         expected=f"<= {READYZ_WITHIN_S:.0f}",
         met=first_ok is not None and first_ok <= READYZ_WITHIN_S,
     )
-    assert len(refused_cleanly) + len(served) == len(before), [(o.status, o.detail) for o in before]
-    assert len(refused_cleanly) > 0
-    assert max_latency < 2
-    assert set(unready) == {503}
-    assert readyz_after <= READYZ_WITHIN_S
-    assert first_ok is not None and first_ok <= READYZ_WITHIN_S
+    figures.require(context=str([(o.status, o.detail) for o in before]))

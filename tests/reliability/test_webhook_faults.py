@@ -204,12 +204,6 @@ def record(figures: Figures, prefix: str, numbers: dict[str, Any]) -> None:
     figures.add(GROUP, f"{prefix}: lost", numbers["lost"], expected="0", met=numbers["lost"] == 0)
 
 
-def assert_recorded(numbers: dict[str, Any]) -> None:
-    assert numbers["made"] == numbers["expected"], numbers
-    assert not numbers["mismatched"], numbers["mismatched"]
-    assert numbers["bad_signatures"] == 0 and numbers["lost"] == 0, numbers
-
-
 async def test_receiver_faults_deliver_every_run_once_signed_and_410_stops(
     http: aiohttp.ClientSession,
     make_frontend: Callable[..., Frontend],
@@ -311,12 +305,7 @@ async def test_receiver_faults_deliver_every_run_once_signed_and_410_stops(
     )
 
     assert finished, "not every delivery arrived within 60 s"
-    assert_recorded(numbers)
-    assert after_410 == 0 and set(gone_states) == {"gone"}, gone_states
-    assert set(delivered_states) == {"delivered"}, delivered_states
-    assert honoured and min(honoured) >= RETRY_AFTER_S - 0.05, honoured
-    assert capped and min(capped) >= RETRY_MAX_S - 0.05 and max(capped) <= 1.5 * RETRY_MAX_S + 0.5, capped
-    assert slow_retried == per_kind and down_delivered == per_kind
+    figures.require(context=f"honoured: {honoured}; capped: {capped}; gone states: {gone_states}")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
@@ -361,5 +350,4 @@ async def test_frontend_restarted_mid_retry_loses_nothing(
         GROUP, f"{prefix}: webhook state after", dict(states), expected="delivered", met=set(states) == {"delivered"}
     )
     assert finished, "not every delivery arrived after the restart"
-    assert_recorded(numbers)
-    assert set(states) == {"delivered"}, views
+    figures.require(context=str(views))

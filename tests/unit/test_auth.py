@@ -52,3 +52,12 @@ def test_presented_key_takes_the_bare_key_or_a_bearer_token() -> None:
     assert auth.presented_key("sk-1") == auth.presented_key("Bearer sk-1") == auth.presented_key(" bearer  sk-1 ")
     assert auth.presented_key("sk-1") == "sk-1"
     assert auth.presented_key("") is None and auth.presented_key("   ") is None and auth.presented_key(None) is None
+
+
+def test_only_a_whole_configured_key_matches_and_it_names_its_hash() -> None:
+    """(Was half of test_frontend_units' "constant time" test, which asserted nothing about time: the
+    constant-time property is test_every_key_is_compared_with_compare_digest_over_equal_length_digests.)"""
+    hashes = (auth.key_hash("alpha"), auth.key_hash("beta"))
+    assert auth.match_key("beta", hashes) == hashes[1]
+    assert auth.match_key("gamma", hashes) is None and auth.match_key("alph", hashes) is None
+    assert auth.match_key("alpha ", hashes) is None

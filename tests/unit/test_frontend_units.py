@@ -13,7 +13,6 @@ from standardwebhooks import Webhook
 from tritonclient.utils import InferenceServerException
 
 from frontend import errors
-from frontend.auth import key_hash, match_key, presented_key
 from frontend.images import decode_base64, fit_size, load_image
 from frontend.netguard import denial_reason
 from frontend.schemas import parse_body
@@ -64,14 +63,6 @@ def test_allowlist_opens_exactly_its_networks() -> None:
     assert denial_reason(ipaddress.ip_address("127.0.0.1"), allowed) is None
     assert denial_reason(ipaddress.ip_address("::ffff:127.0.0.1"), allowed) is None
     assert denial_reason(ipaddress.ip_address("127.0.0.2"), allowed) is not None
-
-
-def test_keys_header_forms_and_constant_time_match() -> None:
-    hashes = (key_hash("alpha"), key_hash("beta"))
-    assert presented_key("alpha") == "alpha" and presented_key("Bearer beta") == "beta"
-    assert presented_key("bearer  beta ") == "beta" and presented_key("") is None and presented_key(None) is None
-    assert match_key("beta", hashes) == hashes[1]
-    assert match_key("gamma", hashes) is None and match_key("alph", hashes) is None
 
 
 @pytest.mark.parametrize(
