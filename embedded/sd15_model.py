@@ -23,6 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from embedded.model_folder import ModelFolder
+
 SEED = 0
 BUILD_STAMP = "sd15_random_build.json"
 BUILD_VERSION = 1
@@ -155,36 +157,33 @@ def build_pipeline(device: str = "cpu", dtype_name: str = "float32"):  # type: i
     )
 
 
+FOLDER = ModelFolder(BUILD_STAMP, BUILD_VERSION)
+
+
 def is_built(folder: Path) -> bool:
-    stamp = folder / BUILD_STAMP
-    try:
-        return bool(json.loads(stamp.read_text()).get("version") == BUILD_VERSION)
-    except (OSError, ValueError):
-        return False
+    return FOLDER.is_built(folder)
 
 
 def build(folder: Path, *, device: str = "cpu", dtype_name: str = "float32", force: bool = False) -> dict[str, Any]:
     """Save the pipeline into ``folder`` (ours or empty; never a folder holding anything else)."""
-    if is_built(folder) and not force:
-        return {"built": False, **json.loads((folder / BUILD_STAMP).read_text())}
-    if folder.exists() and any(folder.iterdir()) and not (folder / BUILD_STAMP).exists():
-        raise FileExistsError(f"refusing to write into {folder}: it holds files this builder did not make")
-    started = time.perf_counter()
-    pipe = build_pipeline(device, dtype_name)
-    built_s = time.perf_counter() - started
-    folder.mkdir(parents=True, exist_ok=True)
-    pipe.save_pretrained(folder, safe_serialization=True)
-    record = {
-        "version": BUILD_VERSION,
-        "seed": SEED,
-        "device": device,
-        "dtype": dtype_name,
-        "parameters": parameter_counts({n: getattr(pipe, n) for n in SD15_PARAMETERS}),
-        "build_s": round(built_s, 1),
-        "save_s": round(time.perf_counter() - started - built_s, 1),
-    }
-    (folder / BUILD_STAMP).write_text(json.dumps(record, indent=1))
-    return {"built": True, **record}
+    if FOLDER.is_built(folder) and not force:
+        return {"built": False, **(FOLDER.stamp(folder) or {})}
+
+    def save(staging: Path) -> dict[str, Any]:
+        started = time.perf_counter()
+        pipe = build_pipeline(device, dtype_name)
+        built_s = time.perf_counter() - started
+        pipe.save_pretrained(staging, safe_serialization=True)
+        return {
+            "seed": SEED,
+            "device": device,
+            "dtype": dtype_name,
+            "parameters": parameter_counts({n: getattr(pipe, n) for n in SD15_PARAMETERS}),
+            "build_s": round(built_s, 1),
+            "save_s": round(time.perf_counter() - started - built_s, 1),
+        }
+
+    return {"built": True, **FOLDER.write(folder, save)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,12 +11,11 @@ Weights are a pure function of ``SEED`` so two builds give the same images for t
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
+from typing import Any
+
+from embedded.model_folder import ModelFolder
 
 SEED = 0
 # Marker written beside the weights: a folder with it and a matching version is reused.
@@ -106,14 +105,11 @@ def build_pipeline(seed: int = SEED):  # type: ignore[no-untyped-def]  # diffuse
     )
 
 
+FOLDER = ModelFolder(BUILD_STAMP, BUILD_VERSION)
+
+
 def is_built(folder: Path) -> bool:
-    stamp = folder / BUILD_STAMP
-    if not stamp.is_file():
-        return False
-    try:
-        return bool(json.loads(stamp.read_text()).get("version") == BUILD_VERSION)
-    except (OSError, ValueError):
-        return False
+    return FOLDER.is_built(folder)
 
 
 def build(folder: Path, *, force: bool = False) -> bool:
@@ -121,22 +117,14 @@ def build(folder: Path, *, force: bool = False) -> bool:
 
     Never into a folder that holds anything else: ``MODEL_DIR`` may name a user's real checkpoint.
     """
-    if is_built(folder) and not force:
+    if FOLDER.is_built(folder) and not force:
         return False
-    if folder.exists() and any(folder.iterdir()) and not (folder / BUILD_STAMP).exists():
-        raise FileExistsError(f"refusing to write into {folder}: it holds files this builder did not make")
-    # Built beside it and renamed into place: a build killed halfway leaves no stampless folder behind
-    # (which the rule above would then refuse forever).
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.building-", dir=folder.parent))
-    try:
+
+    def save(staging: Path) -> dict[str, Any]:
         build_pipeline().save_pretrained(staging, safe_serialization=True)
-        (staging / BUILD_STAMP).write_text(json.dumps({"version": BUILD_VERSION, "seed": SEED}))
-        if folder.exists():
-            shutil.rmtree(folder)  # empty, or an older build of ours (checked above)
-        os.replace(staging, folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        return {"seed": SEED}
+
+    FOLDER.write(folder, save)
     return True
 
 

@@ -25,9 +25,9 @@ class Recorder(Protocol):
 
 def ensure_model(model_path: Path, device: str) -> dict[str, Any]:
     """Build the full-size random-weight SD 1.5 on the device itself unless ``model_path`` holds a model."""
-    from embedded.sd15_model import build
+    from embedded.sd15_model import FOLDER, build
 
-    if (model_path / "model_index.json").exists() and not (model_path / "sd15_random_build.json").exists():
+    if FOLDER.is_someone_elses(model_path):  # a model of yours (or the tiny one, in the rehearsal): used as it is
         return {"built": False, "folder": str(model_path)}
     started = time.monotonic()
     record = build(model_path, device=device, dtype_name="float16" if device.startswith("cuda") else "float32")
