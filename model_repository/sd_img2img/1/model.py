@@ -145,6 +145,11 @@ class TritonPythonModel:
             )
         except InvalidPlan as exc:  # invariant_modules: batch_invariance names the kind and the value
             raise pb_utils.TritonModelException(f"parameter {exc}") from exc
+        except Exception as exc:  # the weights: one line naming where they were looked for, not a thread's traceback
+            raise pb_utils.TritonModelException(
+                f"could not load the pipeline from {model_path!r} (SD_MODEL_PATH or model_name_or_path):"
+                f" {type(exc).__name__}: {exc}"
+            ) from None
         if self.runner.plan is not None:
             self.logger.log_info(f"{self.model_name}: batch invariance plan {self.runner.plan}")
         self.schedulers = self.runner.scheduler_names
