@@ -27,6 +27,15 @@ def frame(event: str, data: dict[str, Any], event_id: int | None = None) -> byte
     return f"{head}event: {event}\ndata: {json.dumps(data)}\n\n".encode()
 
 
+def moved_on(progress: dict[str, Any], shown: tuple[Any, Any] | None) -> bool:
+    """Worth an event: a later step, or the shown step's first preview. Never a step back: the store's
+    copy (written every SD_PROGRESS_STORE_S) may lag the feed's, and a stream may read either."""
+    if shown is None:
+        return True
+    step, preview = shown
+    return bool(progress["step"] > step or (progress["step"] == step and progress["preview"] and not preview))
+
+
 async def stream(
     store: RunStore, feed: ProgressFeed, settings: Settings, state: RunState, key_hash: str, seen: int
 ) -> AsyncIterator[bytes]:
@@ -49,7 +58,7 @@ async def stream(
         if current.status.is_terminal:
             return
         progress = feed.latest(run_id) or current.progress
-        if current.status == RunStatus.PROCESSING and progress and (progress["step"], progress["preview"]) != shown:
+        if current.status == RunStatus.PROCESSING and progress and moved_on(progress, shown):
             shown = (progress["step"], progress["preview"])
             yield frame("progress", {"run_id": run_id, **progress})
             quiet_since = time.monotonic()

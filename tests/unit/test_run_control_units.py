@@ -75,3 +75,14 @@ def test_fairness_caps_runs_in_flight_and_refills_tokens() -> None:
     assert capped.value.headers["RateLimit"].endswith('"inflight";r=0')
     fair.done("a")
     fair.admit("a")
+
+
+def test_progress_events_only_move_forward() -> None:
+    """The store's progress may lag the feed's: a stream that reads either never shows a step twice or back."""
+    from frontend.runs.events import moved_on
+
+    assert moved_on({"step": 1, "preview": None}, None)
+    assert moved_on({"step": 5, "preview": None}, (4, "data:a"))
+    assert not moved_on({"step": 4, "preview": "data:b"}, (4, "data:a"))  # the same step again
+    assert not moved_on({"step": 3, "preview": "data:c"}, (4, None))  # a lagging copy
+    assert moved_on({"step": 4, "preview": "data:a"}, (4, None))  # the step's preview, once
