@@ -30,6 +30,7 @@ import numpy as np
 import psutil
 from PIL import Image
 
+from bench.stats import table
 from embedded.frontend_process import API_KEYS, WEBHOOK_SECRET
 from embedded.lifecycle import stop_on_signals
 from embedded.sd15_model import BUILD_STAMP, DEFAULT_FOLDER
@@ -220,10 +221,13 @@ def write_report(figures: dict[str, Any], path: Path) -> None:
         "",
         "## Load",
         "",
-        "| step | seconds from start |",
-        "|---|---|",
-        f"| tritonserver ready (model loaded) | {figures['triton_ready_s']} |",
-        f"| frontend `/readyz` 200 | {figures['frontend_ready_s']} |",
+        *table(
+            ["step", "seconds from start"],
+            [
+                ["tritonserver ready (model loaded)", str(figures["triton_ready_s"])],
+                ["frontend `/readyz` 200", str(figures["frontend_ready_s"])],
+            ],
+        ),
         "",
         f"## The request: {request['size']}x{request['size']}, {request['num_inference_steps']} steps x strength"
         f" {request['strength']}, guidance {request['guidance_scale']}",
@@ -232,26 +236,32 @@ def write_report(figures: dict[str, Any], path: Path) -> None:
         + (f" {request['error']}" if request.get("error") else "")
         + f", {request['denoising_steps']:.0f} denoising steps counted by the model's step metric.",
         "",
-        "| part | seconds |",
-        "|---|---|",
-        f"| end to end (client) | {request['end_to_end_s']} |",
-        f"| frontend: decode | {timings.get('decode', 0) / 1000:.3f} |",
-        f"| frontend: Triton call | {timings.get('triton', 0) / 1000:.1f} |",
-        f"| frontend: encode | {timings.get('encode', 0) / 1000:.3f} |",
-        f"| Triton: queue | {triton['queue']} |",
-        f"| Triton: compute input | {triton['compute_input']} |",
-        f"| Triton: compute (the pipeline) | {triton['compute_infer']} |",
-        f"| Triton: compute output | {triton['compute_output']} |",
+        *table(
+            ["part", "seconds"],
+            [
+                ["end to end (client)", str(request["end_to_end_s"])],
+                ["frontend: decode", f"{timings.get('decode', 0) / 1000:.3f}"],
+                ["frontend: Triton call", f"{timings.get('triton', 0) / 1000:.1f}"],
+                ["frontend: encode", f"{timings.get('encode', 0) / 1000:.3f}"],
+                ["Triton: queue", str(triton["queue"])],
+                ["Triton: compute input", str(triton["compute_input"])],
+                ["Triton: compute (the pipeline)", str(triton["compute_infer"])],
+                ["Triton: compute output", str(triton["compute_output"])],
+            ],
+        ),
         "",
         "## Peak memory (RSS, MiB)",
         "",
-        "| process | after load | peak |",
-        "|---|---|---|",
-        *(
-            f"| {name} | {figures['memory_after_load_mib'].get(name, '')} | {peak} |"
-            for name, peak in figures["memory_peak_mib"].items()
+        *table(
+            ["process", "after load", "peak"],
+            [
+                *(
+                    [name, str(figures["memory_after_load_mib"].get(name, "")), str(peak)]
+                    for name, peak in figures["memory_peak_mib"].items()
+                ),
+                ["Python backend shared memory (`/dev/shm`)", "", str(figures["shm_peak_mib"])],
+            ],
         ),
-        f"| Python backend shared memory (`/dev/shm`) | | {figures['shm_peak_mib']} |",
         "",
         "## Busy is not dead",
         "",
@@ -261,9 +271,7 @@ def write_report(figures: dict[str, Any], path: Path) -> None:
         f"- Liveness probe (`triton_canary.py --timeout 20 --stall 600`): {len(probes)} runs, exit codes"
         f" {sorted({p['exit'] for p in probes})}.",
         "",
-        "| at (s) | exit | what it said |",
-        "|---|---|---|",
-        *(f"| {p['at_s']} | {p['exit']} | {p['said'][:160]} |" for p in probes),
+        *table(["at (s)", "exit", "what it said"], [[str(p["at_s"]), str(p["exit"]), p["said"][:160]] for p in probes]),
         "",
         "Supervisor lines: " + ("; ".join(figures["supervisor_lines"]) or "none") + ".",
         "",

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench.stats import table
+
 from .figures import GROUPS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,12 +53,14 @@ def render(payload: dict[str, Any]) -> str:
         if not rows:
             lines += ["No figures recorded (the group's tests did not run).", ""]
             continue
-        lines += ["| figure | value | expected | verdict | test |", "|---|---|---|---|---|"]
-        for f in rows:
-            verdict = {True: "met", False: "**GAP**", None: ""}[f["met"]]
-            lines.append(
-                f"| {f['name']} | {_value(f['value'])} | {f['expected']} | {verdict} | `{f['test'].split('::')[-1]}` |"
-            )
+        verdicts = {True: "met", False: "**GAP**", None: ""}
+        lines += table(
+            ["figure", "value", "expected", "verdict", "test"],
+            [
+                [f["name"], _value(f["value"]), f["expected"], verdicts[f["met"]], f"`{f['test'].split('::')[-1]}`"]
+                for f in rows
+            ],
+        )
         notes = [f for f in rows if f["note"]]
         if notes:
             lines.append("")
