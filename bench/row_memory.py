@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from bench.direct import MODEL_DIR
+from embedded.lifecycle import stop_on_signals
 
 PROBE = """
 import json, resource, sys, types, torch
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows-low", type=int, default=2)
     parser.add_argument("--rows-high", type=int, default=6)
     args = parser.parse_args(argv)
+    stop_on_signals()  # any stop signal ends the probe in flight too (subprocess.run kills it)
     for label, plan in (("batched", ""), ("CPU invariance plan", "conv2d:1,linear:1,attention:1")):
         low = peak_mib(args.model_path, args.rows_low, args.size, plan)
         high = peak_mib(args.model_path, args.rows_high, args.size, plan)

@@ -12,16 +12,20 @@ every request and the service gave the same bytes alone and amid neighbours.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from bench.gpu.__main__ import PHASES
+from embedded.lifecycle import ignore_stop_signals, spawn_server, stop_on_signals
 from embedded.triton_server import REPO_ROOT
 
 IMAGE = REPO_ROOT / "bench" / "gpu" / "device-image.txt"
@@ -86,6 +90,35 @@ def problems(report: dict[str, Any], phases: tuple[str, ...] = PHASES) -> list[s
     return found
 
 
+def run_to_end(command: list[str], env: dict[str, str]) -> int:
+    """``run.sh`` in its own session; a stop signal here is passed to its whole group (bench.gpu then stops
+    its tritonserver and frontend), so nothing outlives the rehearsal."""
+    process = spawn_server(command, env=env, cwd=REPO_ROOT)
+    try:
+        return process.wait()
+    except KeyboardInterrupt:  # SIGINT, SIGTERM or SIGHUP (stop_on_signals)
+        ignore_stop_signals()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        # bash dies at once; bench.gpu, in the same group, is still stopping its servers: wait for the group.
+        deadline = time.monotonic() + 60
+        while group_alive(process.pid) and time.monotonic() < deadline:
+            process.poll()  # reap bash, so only the others count
+            time.sleep(0.2)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        raise
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--home", type=Path, default=HOME, help="the image's venv, the installed carry, the report")
@@ -93,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, default=1500.0, help="bench.gpu's budget (the CPU is slower)")
     parser.add_argument("--seconds", type=float, default=1.0)
     args = parser.parse_args(argv)
+    stop_on_signals()
     python = image_environment(args.home)
     out = args.home / "out"
     shutil.rmtree(out, ignore_errors=True)
@@ -113,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     command = ["bash", str(REPO_ROOT / "bench" / "gpu" / "run.sh"), "--workload", json.dumps(WORKLOAD)]
     command += ["--budget-s", str(args.budget_s), "--seconds", str(args.seconds)]
     print("gpu-rehearsal:", " ".join(command), flush=True)
-    status = subprocess.run(command, env=env, cwd=REPO_ROOT, check=False).returncode
+    status = run_to_end(command, env)
     report_path = out / "gpu-report.json"
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
     found = problems(report)

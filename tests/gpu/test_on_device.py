@@ -76,16 +76,11 @@ def send(grpc_url: str, request: Any) -> np.ndarray:
     the GPU machine lacks)."""
     import tritonclient.grpc as grpcclient
 
-    from frontend.wire import input_arrays
+    from frontend.triton_backend import build_inputs
 
-    tensors = []
-    for spec, array in input_arrays(request):
-        tensor = grpcclient.InferInput(spec.name, list(array.shape), spec.datatype)
-        tensor.set_data_from_numpy(array)
-        tensors.append(tensor)
     client = grpcclient.InferenceServerClient(grpc_url)
     try:
-        return client.infer("sd_img2img", tensors, client_timeout=300).as_numpy("images")
+        return client.infer("sd_img2img", build_inputs(request), client_timeout=300).as_numpy("images")
     finally:
         client.close()
 

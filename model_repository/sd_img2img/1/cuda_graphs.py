@@ -124,11 +124,10 @@ class GraphedUNet:
         the examples' device. Returns how many were captured (a failure logs and stays eager)."""
         done = 0
         for sample, timestep, context in shapes:
-            for rows in self.row_buckets:
-                t = pad_rows(timestep, rows) if timestep.ndim == 1 else timestep
-                key = self.key(sample, t, context, rows)
+            for rows in self.row_buckets:  # _capture pads the example to each bucket
+                key = self.key(sample, timestep, context, rows)
                 if key not in self.graphs and key not in self.failed:
-                    done += self._capture(key, pad_rows(sample, rows), t, pad_rows(context, rows), rows) is not None
+                    done += self._capture(key, sample, timestep, context, rows) is not None
         return done
 
     def _capture(
