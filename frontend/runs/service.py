@@ -236,16 +236,22 @@ class RunService:
 
     async def outcome(self, run_id: str, key_hash: str) -> tuple[int, dict[str, Any]]:
         """A finished synchronous run's answer, from its record: what any replica would answer."""
-        run = await self.store.get_run(run_id, key_hash)
-        if run is None:
+        answer = await self._recorded_answer(run_id, key_hash, final_only=False)
+        if answer is None:
             raise NotFound.run(run_id)
+        return answer
+
+    async def _recorded_answer(
+        self, run_id: str, key_hash: str, *, final_only: bool
+    ) -> tuple[int, dict[str, Any]] | None:
+        run = await self.store.get_run(run_id, key_hash)
+        if run is None or (final_only and not run.status.is_terminal):
+            return None
         return answer_of(run, run_view(run, await self.store.delivery_for_run(run_id)))
 
     async def _finished_answer(self, run_id: str, key_hash: str) -> tuple[int, dict[str, Any]] | None:
-        run = await self.store.get_run(run_id, key_hash)
-        if run is None or not run.status.is_terminal:
-            return None
-        return answer_of(run, run_view(run, await self.store.delivery_for_run(run_id)))
+        """A replay's answer from the record once the run is final; None while it runs (or is not there)."""
+        return await self._recorded_answer(run_id, key_hash, final_only=True)
 
     # 6. A synchronous request's answer: as the task ended here, else (stopped, taken over) as recorded.
     async def answer(

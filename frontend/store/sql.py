@@ -9,7 +9,8 @@ from frontend.store.records import TERMINAL, UNFINISHED, RunStatus
 
 def status_in(statuses: Iterable[RunStatus]) -> str:
     """``status IN (...)`` from the enum, in its order: the SQL never spells a status itself."""
-    return "status IN (" + ", ".join(f"'{status.value}'" for status in RunStatus if status in set(statuses)) + ")"
+    wanted = set(statuses)
+    return "status IN (" + ", ".join(f"'{status.value}'" for status in RunStatus if status in wanted) + ")"
 
 
 UNFINISHED_SQL = status_in(UNFINISHED)
