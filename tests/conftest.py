@@ -26,7 +26,10 @@ from embedded.postgres import EmbeddedPostgres  # noqa: E402
 from embedded.triton_server import DEFAULT_MODEL_REPOSITORY, EmbeddedTriton, copy_model_repository  # noqa: E402
 
 from .helpers.servers import png_bytes  # noqa: E402
-from .helpers.support import API_KEYS, PACE_MS, PACE_S, Frontend, paced, start_triton  # noqa: E402
+from .helpers.support import API_KEYS, PACE_MS, PACE_S, TEST_LOG_DIR, Frontend, paced, start_triton  # noqa: E402
+
+# Lines of each tritonserver log a failing session prints.
+FAILED_SESSION_LOG_LINES = 60
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -36,6 +39,19 @@ def pytest_configure(config: pytest.Config) -> None:
     # The settings of the developer's own shell (an exported SD_DATABASE_URL, say) never reach a test.
     for name in [name for name in os.environ if name.startswith("SD_")]:
         del os.environ[name]
+    if not hasattr(config, "workerinput"):  # this session's logs only, not the last one's
+        shutil.rmtree(TEST_LOG_DIR, ignore_errors=True)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatus: int) -> None:
+    """On failure, the tail of every tritonserver log of this session: CI keeps only what pytest prints."""
+    if exitstatus == 0 or not TEST_LOG_DIR.is_dir():
+        return
+    for log in sorted(TEST_LOG_DIR.glob("*.log")):
+        lines = log.read_text(errors="replace").splitlines()[-FAILED_SESSION_LOG_LINES:]
+        terminalreporter.section(f"{log.name}: last {len(lines)} lines")
+        for line in lines:
+            terminalreporter.line(line)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -78,7 +94,9 @@ def paced_triton(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory
             "max_queue_delay_microseconds: 20000": "max_queue_delay_microseconds: 200000",
         },
     )
-    server = start_triton(repository, tiny_model_path, env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+    server = start_triton(
+        repository, tiny_model_path, env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}, log_name="paced-triton"
+    )
     yield server
     server.stop()
 

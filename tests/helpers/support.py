@@ -22,6 +22,7 @@ __all__ = [
     "free_port",
     "random_image",
     "start_triton",
+    "TEST_LOG_DIR",
 ]
 
 # The paced model (tests/conftest.py ``paced_triton``): every denoising step lasts at least this long
@@ -60,7 +61,16 @@ def random_image(size: tuple[int, int] = (64, 64), seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)
 
 
-def start_triton(model_repository: Path, model_path: Path, env: dict[str, str] | None = None) -> EmbeddedTriton:
+# Every tritonserver a test session starts logs here; a failing session prints their tails (tests/conftest.py),
+# so a CI run that lost the model shows why.
+TEST_LOG_DIR = Path(__file__).resolve().parents[2] / ".build" / "test-logs"
+
+
+def start_triton(
+    model_repository: Path, model_path: Path, env: dict[str, str] | None = None, log_name: str = "triton"
+) -> EmbeddedTriton:
     server = EmbeddedTriton.on_free_ports(model_repository, model_path, ready_timeout_s=240)
     server.env = env or {}
+    TEST_LOG_DIR.mkdir(parents=True, exist_ok=True)
+    server.log_file = TEST_LOG_DIR / f"{log_name}-{server.grpc_port}.log"
     return server.start()
