@@ -45,9 +45,9 @@ import numpy as np
 from PIL import Image
 
 from bench import load, transport
-from bench.stats import percentile, spread
+from bench.stats import percentile, spread, table
 from bench.workload import Workload
-from embedded.frontend_process import API_KEYS, Frontend
+from embedded.frontend_process import API_KEYS, Frontend, start_all, stop_all
 from embedded.lifecycle import stop_on_signals
 from embedded.postgres import EmbeddedPostgres
 from embedded.tiny_model import build
@@ -291,18 +291,15 @@ def run_config(
     tmp: Path, grpc_url: str, database_url: str, replicas: int, workload: Workload, concurrency: int, requests: int
 ) -> dict[str, Any]:
     settings = {"SD_DATABASE_URL": database_url, "SD_ALLOW_PRIVATE_NETWORKS": ""}
-    frontends = [Frontend(tmp / f"frontend-{uuid.uuid4().hex[:8]}", grpc_url, settings) for _ in range(replicas)]
+    frontends = start_all(
+        [Frontend(tmp / f"frontend-{uuid.uuid4().hex[:8]}", grpc_url, settings) for _ in range(replicas)], 120
+    )
     try:
-        for frontend in frontends:
-            frontend.launch()
-        for frontend in frontends:
-            frontend.wait_ready(120)
         urls = [f.url for f in frontends]
         asyncio.run(spread_load(urls, workload, concurrency, 2 * concurrency))  # warm
         return asyncio.run(spread_load(urls, workload, concurrency, requests))
     finally:
-        for frontend in frontends:
-            frontend.stop()
+        stop_all(frontends)
 
 
 def measure_replicas(
@@ -365,19 +362,42 @@ def render(results: dict[str, Any]) -> str:
         " on a database with `synchronous_commit = off` (commits do not wait for the disk): for comparison only,"
         " to show what the wait costs; a crash loses the last commits, so it is no setting to run with.",
         "",
-        "| run | concurrency | SQLite p50 ms | PostgreSQL p50 ms | **PG / SQLite p50** | PG, async commit p50 ms"
-        " | SQLite p95 ms | PostgreSQL p95 ms | PG / SQLite p95 | SQLite runs/s | PostgreSQL runs/s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    store_rows = []
     for kind, by_level in store.items():
         for level, row in by_level.items():
             lite, pg, nowait = row["sqlite"], row["postgresql"], row["postgresql_async_commit"]
-            lines.append(
-                f"| {kind} | {level} | {fmt(lite['p50_ms'], 2)} | {fmt(pg['p50_ms'], 2)}"
-                f" | **{fmt(row['ratio_p50'], 2)}** | {fmt(nowait['p50_ms'], 2)}"
-                f" | {fmt(lite['p95_ms'], 2)} | {fmt(pg['p95_ms'], 2)} | {fmt(row['ratio_p95'], 2)}"
-                f" | {fmt(lite['runs_s'], 0)} | {fmt(pg['runs_s'], 0)} |"
+            store_rows.append(
+                [
+                    kind,
+                    level,
+                    fmt(lite["p50_ms"], 2),
+                    fmt(pg["p50_ms"], 2),
+                    f"**{fmt(row['ratio_p50'], 2)}**",
+                    fmt(nowait["p50_ms"], 2),
+                    fmt(lite["p95_ms"], 2),
+                    fmt(pg["p95_ms"], 2),
+                    fmt(row["ratio_p95"], 2),
+                    fmt(lite["runs_s"], 0),
+                    fmt(pg["runs_s"], 0),
+                ]
             )
+    lines += table(
+        [
+            "run",
+            "concurrency",
+            "SQLite p50 ms",
+            "PostgreSQL p50 ms",
+            "**PG / SQLite p50**",
+            "PG, async commit p50 ms",
+            "SQLite p95 ms",
+            "PostgreSQL p95 ms",
+            "PG / SQLite p95",
+            "SQLite runs/s",
+            "PostgreSQL runs/s",
+        ],
+        store_rows,
+    )
 
     def p50(row: dict[str, Any], engine: str) -> float:
         return float(row[engine]["p50_ms"]["median"])
@@ -421,12 +441,14 @@ def render(results: dict[str, Any]) -> str:
         f" {'/'.join(map(str, split(s['concurrency'], 3)))} clients), fresh frontends every round, warmed first;"
         f" {s['rounds']} rounds, A and B alternating. p50/p95 for B: the frontends' own, weighted by images.",
         "",
-        "| config | images/s | p50 ms | p95 ms |",
-        "|---|---:|---:|---:|",
     ]
-    for n, name in (("1", "A: 1 frontend"), ("3", "B: 3 frontends")):
-        row = replicas[n]
-        lines.append(f"| {name} | {fmt(row['images_s'])} | {fmt(row['p50_ms'], 0)} | {fmt(row['p95_ms'], 0)} |")
+    lines += table(
+        ["config", "images/s", "p50 ms", "p95 ms"],
+        [
+            [name, fmt(replicas[n]["images_s"]), fmt(replicas[n]["p50_ms"], 0), fmt(replicas[n]["p95_ms"], 0)]
+            for n, name in (("1", "A: 1 frontend"), ("3", "B: 3 frontends"))
+        ],
+    )
     ratio = replicas["ratio_images_s"]
     if ratio["min"] <= 1 <= ratio["max"]:
         measured = "its range includes 1: no difference beyond this VM's drift from round to round"

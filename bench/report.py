@@ -10,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from bench.stats import table  # noqa: E402
+
 
 def _best(direct: dict[str, dict[str, float]]) -> tuple[str, float]:
     batch, row = max(direct.items(), key=lambda item: item[1]["images_per_s"])
@@ -58,12 +60,15 @@ def write_report(results: dict[str, Any], output: Path) -> None:
         "",
         "`bench/direct.py`: the model's own pipeline code (`Img2ImgRunner`) in one process, no serving.",
         "",
-        "| determinism | batch | images/s | call latency ms |",
-        "|---|---|---|---|",
     ]
-    for mode, rows in results["direct"].items():
-        for batch, row in rows.items():
-            lines.append(f"| {mode} | {batch} | {row['images_per_s']:.1f} | {row['latency_ms']:.0f} |")
+    lines += table(
+        ["determinism", "batch", "images/s", "call latency ms"],
+        [
+            [mode, batch, f"{row['images_per_s']:.1f}", f"{row['latency_ms']:.0f}"]
+            for mode, rows in results["direct"].items()
+            for batch, row in rows.items()
+        ],
+    )
     lines += [
         "",
         f"Best: {inv_best:.1f} images/s at batch {inv_batch} with the shipped `batch_invariant` mode (the same work the"
@@ -73,15 +78,32 @@ def write_report(results: dict[str, Any], output: Path) -> None:
         "",
         "`bench/load.py`: closed loop of N clients posting /predict (base64 PNG in, PNG out).",
         "",
-        "| concurrency | images/s | p50 ms | p95 ms | p99 ms | errors | e2e / direct | e2e / direct, no exactness |",
-        "|---|---|---|---|---|---|---|---|",
     ]
-    for row in results["e2e"]:
-        lines.append(
-            f"| {row['concurrency']} | {row['images_s']:.1f} | {row['p50_ms']:.0f} | {row['p95_ms']:.0f} |"
-            f" {row['p99_ms']:.0f} | {row['errors'] or 0} | {row['images_s'] / inv_best:.2f} |"
-            f" {row['images_s'] / plain_best:.2f} |"
-        )
+    lines += table(
+        [
+            "concurrency",
+            "images/s",
+            "p50 ms",
+            "p95 ms",
+            "p99 ms",
+            "errors",
+            "e2e / direct",
+            "e2e / direct, no exactness",
+        ],
+        [
+            [
+                str(row["concurrency"]),
+                f"{row['images_s']:.1f}",
+                f"{row['p50_ms']:.0f}",
+                f"{row['p95_ms']:.0f}",
+                f"{row['p99_ms']:.0f}",
+                str(row["errors"] or 0),
+                f"{row['images_s'] / inv_best:.2f}",
+                f"{row['images_s'] / plain_best:.2f}",
+            ]
+            for row in results["e2e"]
+        ],
+    )
     lines += _paired_section(results)
     first = results["e2e"][0]
     server = first["triton_server_ms"]
@@ -96,29 +118,43 @@ def write_report(results: dict[str, Any], output: Path) -> None:
         f" {direct1:.1f} ms = **{overhead:.1f} ms**. Where the end-to-end time goes (frontend medians from each"
         " answer's `timings_ms`; queue and compute are Triton's own statistics over the same requests):",
         "",
-        "| part | ms |",
-        "|---|---|",
-        f"| decode (base64 + image, frontend) | {timings['decode']:.1f} |",
-        f"| Triton queue (incl. max_queue_delay) | {server['queue']:.1f} |",
-        f"| Triton compute (model execute; direct call: {direct1:.1f}) | {server['compute']:.1f} |",
-        f"| transfer (frontend <-> Triton, gRPC) | {transfer:.1f} |",
-        f"| encode (PNG, frontend) | {timings['encode']:.1f} |",
-        f"| rest (HTTP, JSON, run store, client) | {rest:.1f} |",
+    ]
+    lines += table(
+        ["part", "ms"],
+        [
+            ["decode (base64 + image, frontend)", f"{timings['decode']:.1f}"],
+            ["Triton queue (incl. max_queue_delay)", f"{server['queue']:.1f}"],
+            [f"Triton compute (model execute; direct call: {direct1:.1f})", f"{server['compute']:.1f}"],
+            ["transfer (frontend <-> Triton, gRPC)", f"{transfer:.1f}"],
+            ["encode (PNG, frontend)", f"{timings['encode']:.1f}"],
+            ["rest (HTTP, JSON, run store, client)", f"{rest:.1f}"],
+        ],
+    )
+    lines += [
         "",
         "## Triton alone: perf_analyzer",
         "",
         "`bench/perf_analyzer.py`: the tritonclient 2.51.0 wheel's perf_analyzer over gRPC, `--input-data` with real"
         " images and varied prompts/negative prompts/seeds, count windows.",
         "",
-        "| config | concurrency | req/s | p50 ms | p95 ms | p99 ms | server queue ms | server compute ms |",
-        "|---|---|---|---|---|---|---|---|",
     ]
-    for name, key in (("shipped (batching)", "perf_shipped"), ("max_batch_size 1", "perf_no_batching")):
-        for row in results[key]:
-            lines.append(
-                f"| {name} | {row['concurrency']} | {row['req_s']:.1f} | {row['p50_ms']:.0f} | {row['p95_ms']:.0f} |"
-                f" {row['p99_ms']:.0f} | {row['queue_ms']:.1f} | {row['compute_ms']:.1f} |"
-            )
+    lines += table(
+        ["config", "concurrency", "req/s", "p50 ms", "p95 ms", "p99 ms", "server queue ms", "server compute ms"],
+        [
+            [
+                name,
+                str(row["concurrency"]),
+                f"{row['req_s']:.1f}",
+                f"{row['p50_ms']:.0f}",
+                f"{row['p95_ms']:.0f}",
+                f"{row['p99_ms']:.0f}",
+                f"{row['queue_ms']:.1f}",
+                f"{row['compute_ms']:.1f}",
+            ]
+            for name, key in (("shipped (batching)", "perf_shipped"), ("max_batch_size 1", "perf_no_batching"))
+            for row in results[key]
+        ],
+    )
     lines += _delay_section(results)
     lines += _transport_section(results)
     lines += _codec_section(results)
@@ -159,18 +195,25 @@ def _cpu_budget(paired: dict[str, Any]) -> list[str]:
         f" reach at most direct CPU / end-to-end CPU = {direct:.1f} / {total:.1f} = **{direct / total:.2f}** of the"
         " direct throughput; on a GPU machine the model's work leaves the CPU and this bound goes away.",
         "",
-        "| process | CPU ms per image |",
-        "|---|---|",
-        f"| direct pipeline (the limit) | {direct:.1f} |",
-        *(f"| end-to-end: {name} | {ms:.1f} |" for name, ms in parts.items()),
-        f"| end-to-end: total | {total:.1f} |",
+        *table(
+            ["process", "CPU ms per image"],
+            [
+                ["direct pipeline (the limit)", f"{direct:.1f}"],
+                *([f"end-to-end: {name}", f"{ms:.1f}"] for name, ms in parts.items()),
+                ["end-to-end: total", f"{total:.1f}"],
+            ],
+        ),
     ]
 
 
 def _delay_section(results: dict[str, Any]) -> list[str]:
     sweep = results["delay_sweep"]
     levels = list(next(iter(sweep.values())).keys())
-    header = " | ".join(f"c={c} req/s | c={c} p50 ms" for c in levels)
+    header = ["delay us"] + [cell for c in levels for cell in (f"c={c} req/s", f"c={c} p50 ms")]
+    rows = [
+        [str(delay)] + [cell for r in by_level.values() for cell in (_range(r["req_s"]), _range(r["p50_ms"], ".0f"))]
+        for delay, by_level in sweep.items()
+    ]
     lines = [
         "",
         "## max_queue_delay_microseconds",
@@ -178,12 +221,8 @@ def _delay_section(results: dict[str, Any]) -> list[str]:
         "One model per delay in the same server, our own gRPC closed loop, rounds interleaved across delays;"
         " median (min-max) over the rounds.",
         "",
-        f"| delay us | {header} |",
-        "|---|" + "---|" * (2 * len(levels)),
+        *table(header, rows),
     ]
-    for delay, by_level in sweep.items():
-        cells = " | ".join(f"{_range(r['req_s'])} | {_range(r['p50_ms'], '.0f')}" for r in by_level.values())
-        lines.append(f"| {delay} | {cells} |")
     if "delay_chosen" in results:
         chosen, shipped = results["delay_chosen"], results["delay_shipped"]
         verdict = "the shipped value" if chosen == shipped else f"the shipped value is {shipped}"
@@ -206,14 +245,20 @@ def _transport_section(results: dict[str, Any]) -> list[str]:
         "`bench/transport.py`: `tritonclient.grpc.aio` (the frontend's client) and `tritonclient.http.aio`, same"
         " requests, alternating.",
         "",
-        "| protocol | concurrency | req/s | p50 ms | p95 ms |",
-        "|---|---|---|---|---|",
     ]
-    for row in rows:
-        lines.append(
-            f"| {row['protocol']} | {row['concurrency']} | {row['req_s']:.1f} | {row['p50_ms']:.1f} |"
-            f" {row['p95_ms']:.1f} |"
-        )
+    lines += table(
+        ["protocol", "concurrency", "req/s", "p50 ms", "p95 ms"],
+        [
+            [
+                str(row["protocol"]),
+                str(row["concurrency"]),
+                f"{row['req_s']:.1f}",
+                f"{row['p50_ms']:.1f}",
+                f"{row['p95_ms']:.1f}",
+            ]
+            for row in rows
+        ],
+    )
     return lines
 
 
@@ -227,14 +272,21 @@ def _codec_section(results: dict[str, Any]) -> list[str]:
         "",
         "`bench/codecs.py`: the frontend's own `encode_images`, median of repeats; send = base64 size at 100 Mbit/s.",
         "",
-        "| size | image | format | encode ms | KiB | send ms |",
-        "|---|---|---|---|---|---|",
     ]
-    for row in rows:
-        lines.append(
-            f"| {row['size']} | {row['image']} | {row['format']} | {row['encode_ms']:.2f} | {row['kib']:.1f} |"
-            f" {row['send_ms']:.1f} |"
-        )
+    lines += table(
+        ["size", "image", "format", "encode ms", "KiB", "send ms"],
+        [
+            [
+                str(row["size"]),
+                str(row["image"]),
+                str(row["format"]),
+                f"{row['encode_ms']:.2f}",
+                f"{row['kib']:.1f}",
+                f"{row['send_ms']:.1f}",
+            ]
+            for row in rows
+        ],
+    )
     if "png_level_best" in results:
         lines += [
             "",
@@ -254,12 +306,11 @@ def _profile_section(results: dict[str, Any]) -> list[str]:
     lines += [
         f"{prof['samples']} samples over {prof['requests']} requests; share of the frontend's busy samples.",
         "",
-        "| thread | share |",
-        "|---|---|",
-        *(f"| {kind} | {share:.0%} |" for kind, share in prof["threads"].items()),
+        *table(["thread", "share"], [[kind, f"{share:.0%}"] for kind, share in prof["threads"].items()]),
         "",
-        "| hottest function (self time) | share |",
-        "|---|---|",
-        *(f"| `{name}` | {share:.1%} |" for name, share in prof["top_self"]),
+        *table(
+            ["hottest function (self time)", "share"],
+            [[f"`{name}`", f"{share:.1%}"] for name, share in prof["top_self"]],
+        ),
     ]
     return lines

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import tritonclient.http as triton_http
 
+from bench.stats import table
 from embedded.lifecycle import stop_on_signals
 from embedded.triton_calls import Img2Img
 from embedded.triton_server import DEFAULT_MODEL_PATH, EmbeddedTriton, copy_model_repository
@@ -174,12 +175,12 @@ def render(result: dict[str, Any]) -> str:
         "Every request runs 6 denoising steps under guidance; *mixed* draws steps x strength, guidance and scheduler"
         " per request (`bench/step_batching.py`).",
         "",
-        "| batching | uniform req/s | mixed req/s | mixed / uniform |",
-        "|---|---|---|---|",
     ]
+    throughput = []
     for model, label in ((STEP, "step (shipped)"), (REQUEST, "request")):
         uniform, mixed = median_of(rounds, f"{model}:uniform"), median_of(rounds, f"{model}:mixed")
-        lines.append(f"| {label} | {uniform:.1f} | {mixed:.1f} | {mixed / uniform:.2f} |")
+        throughput.append([label, f"{uniform:.1f}", f"{mixed:.1f}", f"{mixed / uniform:.2f}"])
+    lines += table(["batching", "uniform req/s", "mixed req/s", "mixed / uniform"], throughput)
     step_u, req_u = median_of(rounds, f"{STEP}:uniform"), median_of(rounds, f"{REQUEST}:uniform")
     lines += [
         "",
@@ -187,15 +188,21 @@ def render(result: dict[str, Any]) -> str:
         "",
         "Head-of-line blocking: a short request (6 steps) alone, and sent 0.5 s after a long run (150 steps):",
         "",
-        "| batching | long run | short alone s | short behind the long run s | ratio |",
-        "|---|---|---|---|---|",
     ]
-    for model, label in ((STEP, "step"), (REQUEST, "request")):
-        for case, f in result["head_of_line"][model].items():
-            lines.append(
-                f"| {label} | {case} ({f['long_size']} px) | {f['alone_s']:.3f} | {f['behind_long_s']:.3f} |"
-                f" {f['ratio']:.1f}x |"
-            )
+    lines += table(
+        ["batching", "long run", "short alone s", "short behind the long run s", "ratio"],
+        [
+            [
+                label,
+                f"{case} ({f['long_size']} px)",
+                f"{f['alone_s']:.3f}",
+                f"{f['behind_long_s']:.3f}",
+                f"{f['ratio']:.1f}x",
+            ]
+            for model, label in ((STEP, "step"), (REQUEST, "request"))
+            for case, f in result["head_of_line"][model].items()
+        ],
+    )
     lines.append("")
     return "\n".join(lines)
 

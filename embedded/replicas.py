@@ -11,13 +11,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from embedded.lifecycle import ignore_stop_signals, spawn_server, stop_on_signals
+from embedded.frontend_process import Frontend, FrontendStartError, own_settings, start_all, stop_all
+from embedded.lifecycle import ignore_stop_signals, stop_on_signals
 from embedded.postgres import EmbeddedPostgres, PostgresError
 from embedded.stack import add_triton_arguments, fill_dev_credentials, start_triton, stop_triton
 from embedded.triton_server import REPO_ROOT, TritonStartError
@@ -44,18 +43,27 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"PostgreSQL ready on 127.0.0.1:{args.pg_port} (data: {args.pg_data}/)", flush=True)
             triton, supervisor = start_triton(args)
             started.callback(stop_triton, triton, supervisor)
-            os.environ.setdefault("SD_TRITON_URL", triton.grpc_url)
             for note in fill_dev_credentials():
                 print(note, flush=True)
-            frontends: list[subprocess.Popen[bytes]] = []
-            started.callback(stop_frontends, frontends)
-            for port in ports:
-                frontends.append(start_frontend(port))
+            base = own_settings()
+            frontends = [
+                Frontend(
+                    REPO_ROOT / "data" / f"replica-{port}",
+                    base.get("SD_TRITON_URL", triton.grpc_url),
+                    port=port,
+                    log_path=REPO_ROOT / ".build" / f"frontend-{port}.log",
+                    base=base,
+                )
+                for port in ports
+            ]
+            started.callback(stop_all, frontends, timeout_s=90)
+            for frontend in start_all(frontends, timeout_s=120):
+                print(f"frontend: {frontend.url}  (log: {frontend.log_path})", flush=True)
             print("Ctrl-C stops everything.", flush=True)
-            watch(ports, frontends)
+            watch(frontends)
             print("every frontend exited; stopping", file=sys.stderr)
             return 1
-        except (PostgresError, TritonStartError) as exc:
+        except (PostgresError, TritonStartError, FrontendStartError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         except KeyboardInterrupt:  # SIGINT, SIGTERM or SIGHUP
@@ -64,42 +72,16 @@ def main(argv: list[str] | None = None) -> int:
             ignore_stop_signals()
 
 
-def start_frontend(port: int) -> subprocess.Popen[bytes]:
-    log = Path(".build") / f"frontend-{port}.log"
-    with log.open("ab") as out:  # the child keeps its own copy of the descriptor
-        process = spawn_server(
-            [sys.executable, "-m", "frontend"],
-            cwd=REPO_ROOT,
-            env={**os.environ, "SD_PORT": str(port), "SD_DATA_DIR": f"data/replica-{port}"},
-            stdout=out,
-            stderr=out,
-        )
-    print(f"frontend: http://127.0.0.1:{port}  (log: {log})", flush=True)
-    return process
-
-
-def watch(ports: list[int], frontends: list[subprocess.Popen[bytes]]) -> None:
+def watch(frontends: list[Frontend]) -> None:
     """Until every frontend has exited: one may die, and the others take over its work."""
     reported: set[int] = set()
-    while any(process.poll() is None for process in frontends):
-        for port, process in zip(ports, frontends, strict=True):
-            if process.poll() is not None and port not in reported:
-                reported.add(port)
-                print(f"frontend :{port} exited ({process.returncode}); the others take over its work", flush=True)
+    while any(frontend.running for frontend in frontends):
+        for frontend in frontends:
+            if not frontend.running and frontend.port not in reported:
+                reported.add(frontend.port)
+                code = frontend.process.returncode if frontend.process else None
+                print(f"frontend :{frontend.port} exited ({code}); the others take over its work", flush=True)
         time.sleep(0.5)
-
-
-def stop_frontends(frontends: list[subprocess.Popen[bytes]], timeout_s: float = 90) -> None:
-    """SIGTERM to each (they drain side by side), then SIGKILL any still running after ``timeout_s``."""
-    for process in frontends:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-    for process in frontends:
-        try:
-            process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 if __name__ == "__main__":

@@ -23,13 +23,18 @@ sys.path.insert(0, str(MODEL_VERSION_DIR))  # img2img_requests / img2img_pipelin
 
 from embedded.lifecycle import stop_on_signals  # noqa: E402
 from embedded.postgres import EmbeddedPostgres  # noqa: E402
+from embedded.supervisor import Supervisor  # noqa: E402
 from embedded.triton_server import DEFAULT_MODEL_REPOSITORY, EmbeddedTriton, copy_model_repository  # noqa: E402
 
 from .helpers.servers import png_bytes  # noqa: E402
 from .helpers.support import API_KEYS, PACE_MS, PACE_S, TEST_LOG_DIR, Frontend, paced, start_triton  # noqa: E402
+from .helpers.watchdog import Watchdog  # noqa: E402
 
 # Lines of each tritonserver log a failing session prints.
 FAILED_SESSION_LOG_LINES = 60
+# The session's shared tritonservers, revived once each if one died between tests (tests/helpers/watchdog.py).
+SESSION_SERVERS = ("triton", "paced_triton")
+WATCHDOG = pytest.StashKey[Watchdog]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -39,15 +44,29 @@ def pytest_configure(config: pytest.Config) -> None:
     # The settings of the developer's own shell (an exported SD_DATABASE_URL, say) never reach a test.
     for name in [name for name in os.environ if name.startswith("SD_")]:
         del os.environ[name]
-    if not hasattr(config, "workerinput"):  # this session's logs only, not the last one's
-        shutil.rmtree(TEST_LOG_DIR, ignore_errors=True)
+    remove_finished_sessions_logs()
+    config.stash[WATCHDOG] = Watchdog()
+
+
+def remove_finished_sessions_logs() -> None:
+    """Logs are named PID-...: those of sessions that have ended go (another session may be running)."""
+    for log in TEST_LOG_DIR.glob("*.log"):
+        pid = log.name.split("-", 1)[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            log.unlink(missing_ok=True)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatus: int) -> None:
-    """On failure, the tail of every tritonserver log of this session: CI keeps only what pytest prints."""
+    """A shared server's revival, always; on failure, the tail of every tritonserver log of this session
+    (CI keeps only what pytest prints)."""
+    revived = terminalreporter.config.stash[WATCHDOG].report()
+    if revived:
+        terminalreporter.section("session tritonservers that died and were restarted")
+        for line in revived:
+            terminalreporter.line(line)
     if exitstatus == 0 or not TEST_LOG_DIR.is_dir():
         return
-    for log in sorted(TEST_LOG_DIR.glob("*.log")):
+    for log in sorted(TEST_LOG_DIR.glob(f"{os.getpid()}-*.log")):
         lines = log.read_text(errors="replace").splitlines()[-FAILED_SESSION_LOG_LINES:]
         terminalreporter.section(f"{log.name}: last {len(lines)} lines")
         for line in lines:
@@ -70,6 +89,15 @@ def tiny_model_path() -> Path:
 
     build(DEFAULT_MODEL_PATH)
     return DEFAULT_MODEL_PATH
+
+
+@pytest.fixture(autouse=True)
+def session_servers_alive(request: pytest.FixtureRequest) -> None:
+    """Before a test that uses a shared tritonserver: restart it if it died (once per session; reported)."""
+    for name in SESSION_SERVERS:
+        if name in request.fixturenames:
+            server: EmbeddedTriton = request.getfixturevalue(name)
+            request.config.stash[WATCHDOG].check(name, server, Supervisor(server).died(), request.node.nodeid)
 
 
 @pytest.fixture(scope="session")

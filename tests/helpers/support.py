@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
 
-from embedded.frontend_process import API_KEYS, WEBHOOK_SECRET, Frontend
+from embedded.frontend_process import API_KEYS, WEBHOOK_SECRET, Frontend, start_all, stop_all
 from embedded.triton_server import EmbeddedTriton, free_port
 
 __all__ = [
@@ -21,7 +22,9 @@ __all__ = [
     "paced",
     "free_port",
     "random_image",
+    "start_all",
     "start_triton",
+    "stop_all",
     "TEST_LOG_DIR",
 ]
 
@@ -72,5 +75,5 @@ def start_triton(
     server = EmbeddedTriton.on_free_ports(model_repository, model_path, ready_timeout_s=240)
     server.env = env or {}
     TEST_LOG_DIR.mkdir(parents=True, exist_ok=True)
-    server.log_file = TEST_LOG_DIR / f"{log_name}-{server.grpc_port}.log"
+    server.log_file = TEST_LOG_DIR / f"{os.getpid()}-{log_name}-{server.grpc_port}.log"
     return server.start()

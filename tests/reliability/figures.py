@@ -18,7 +18,7 @@ GROUPS = {
     "webhook_faults": "3. Webhook faults",
     "backend_faults": "4. Backend faults",
     "soak": "5. Load: soak at saturation",
-    "auth": "6. Auth",
+    "auth": "6. Auth (the key check's timing is a benchmark: [auth-timing.md](auth-timing.md))",
     "replicas": "7. Replicas on PostgreSQL: SIGKILL, SIGSTOP, SIGTERM",
     "run_control": "8. Run control: one key's burst vs. another's latency; a cancel storm",
 }

@@ -1,12 +1,10 @@
 """Group 6, auth: wrong, missing, malformed and revoked keys get a JSON 401; one key cannot see another
-key's runs (404, the same answer as for a run that does not exist); the key check takes the same time
-however many leading characters of a key match.
+key's runs (404, the same answer as for a run that does not exist). The key check's timing is a
+benchmark (``python -m bench.auth_timing``); tests/unit/test_auth.py checks constant time by construction.
 """
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,10 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from frontend.auth import key_hash, match_key
-
 from ..helpers.support import API_KEYS, Frontend
-from .conftest import Scale
 from .corpus import error_shape_problem, raw_request, valid_body
 from .figures import Figures
 
@@ -191,67 +186,3 @@ async def test_a_key_cannot_see_another_keys_run_and_revoked_keys_get_401(
     assert same_shape, (other, missing)
     assert revoked_ok, (revoked_get, revoked_answer, revoked_post, revoked_post_answer)
     assert remaining_get == 200
-
-
-def _time_checks(presented: list[str], hashes: tuple[str, ...], batches: int, per_batch: int) -> list[list[float]]:
-    """ns per ``match_key`` call, one median-free sample per batch, batches interleaved across the keys."""
-    samples: list[list[float]] = [[] for _ in presented]
-    clock = time.perf_counter_ns
-    for _ in range(batches):
-        for index, key in enumerate(presented):
-            started = clock()
-            for _ in range(per_batch):
-                match_key(key, hashes)
-            samples[index].append((clock() - started) / per_batch)
-    return samples
-
-
-def test_key_check_timing_figures(figures: Figures, scale: Scale) -> None:
-    """Figures only: shared cores cannot show constant time by timing; tests/unit/test_auth.py checks it by
-    construction. Asserted here: the checks give the right answers."""
-    hashes = tuple(key_hash(key) for key in API_KEYS)
-    presented = {
-        "0 leading chars match": "X" * len(RIGHT),
-        "all but the last char match": RIGHT[:-1] + ("0" if RIGHT[-1] != "0" else "1"),
-        "the right key": RIGHT,
-    }
-    assert [match_key(key, hashes) is not None for key in presented.values()] == [False, False, True]
-    batches, per_batch = scale.count(200, 2000), 200
-    _time_checks(list(presented.values()), hashes, 10, per_batch)  # warm up
-    samples = _time_checks(list(presented.values()), hashes, batches, per_batch)
-    medians = {name: statistics.median(s) for name, s in zip(presented, samples, strict=True)}
-    # Robust spread: the median absolute deviation of the batches, relative to the median.
-    mad = max(statistics.median(abs(x - medians[n]) for x in s) for n, s in zip(presented, samples, strict=True))
-    spread = max(medians.values()) / min(medians.values())
-    for name, value in medians.items():
-        figures.add(GROUP, f"match_key ns per check, median of {batches} batches: {name}", value)
-    figures.add(
-        GROUP,
-        "match_key: slowest / fastest median",
-        spread,
-        note=f"reported, not asserted; batch MAD {mad:.0f} ns; {per_batch} checks per batch, interleaved",
-    )
-
-
-async def test_http_401_timing_figures(frontend: Frontend, figures: Figures, scale: Scale) -> None:
-    """Figures only (over HTTP the network and aiohttp dominate). Asserted: every wrong key gets a 401."""
-    presented = {
-        "0 leading chars match": "X" * len(RIGHT),
-        "all but the last char match": RIGHT[:-1] + ("0" if RIGHT[-1] != "0" else "1"),
-    }
-    rounds = scale.count(50, 500)
-    timings: dict[str, list[float]] = {name: [] for name in presented}
-    url = f"{frontend.url}/runs/00000000-0000-0000-0000-000000000000"
-    async with aiohttp.ClientSession() as session:
-        for _ in range(rounds):
-            for name, key in presented.items():
-                started = time.perf_counter_ns()
-                async with session.get(url, headers={"Authorization": key}) as response:
-                    await response.read()
-                    assert response.status == 401
-                timings[name].append((time.perf_counter_ns() - started) / 1000)
-    medians = {name: statistics.median(values) for name, values in timings.items()}
-    for name, value in medians.items():
-        figures.add(GROUP, f"HTTP 401 latency µs, median of {rounds}: {name}", value)
-    ratio = max(medians.values()) / min(medians.values())
-    figures.add(GROUP, "HTTP 401 latency: slowest / fastest median", ratio, note="reported, not asserted; loopback")

@@ -31,7 +31,7 @@ from frontend.runs.recovery import REPLICA_LOST
 
 from ..helpers.http import post, seed_body
 from ..helpers.servers import Listener
-from ..helpers.support import WEBHOOK_SECRET, Frontend
+from ..helpers.support import WEBHOOK_SECRET, Frontend, start_all, stop_all
 from .conftest import Scale
 from .figures import Figures
 
@@ -126,17 +126,14 @@ def replicas(triton: EmbeddedTriton, postgres_url: str, tmp_path: Path) -> Itera
                 tmp_path / f"replica{len(started) + i}",
                 triton.grpc_url,
                 {"SD_DATABASE_URL": postgres_url, **REPLICA_SETTINGS, **settings},
-            ).launch()
+            )
             for i in range(count)
         ]
         started.extend(group)
-        return [replica.wait_ready() for replica in group]
+        return start_all(group)
 
     yield start
-    for replica in started:
-        if replica.process is not None and replica.process.poll() is None:
-            os.kill(replica.process.pid, signal.SIGCONT)
-        replica.stop()
+    stop_all(started)  # a replica a test froze with SIGSTOP is continued first
 
 
 @pytest.fixture

@@ -29,6 +29,19 @@ def test_a_post_replaces_the_last_one_and_is_gone_once_removed(tmp_path: Path) -
     assert board.read("run-1") is None and board.read("run/../2") is not None
 
 
+def test_close_removes_the_folder_only_once_it_is_empty_and_a_reader_creates_none(tmp_path: Path) -> None:
+    reader = ProgressBoard(tmp_path / "board", create=False)
+    assert not reader.folder.exists() and reader.read("run-1") is None
+    board = ProgressBoard(tmp_path / "board")
+    board.post("run-1", Progress(1, 2))
+    board.close()
+    assert board.read("run-1") == Progress(1, 2)  # a post left: the folder stays
+    board.remove("run-1")
+    board.close()
+    assert not board.folder.exists()
+    board.close()  # already gone: no error
+
+
 def test_sweep_removes_only_posts_older_than_the_limit(tmp_path: Path) -> None:
     board = ProgressBoard(tmp_path)
     board.post("old", Progress(1, 2))

@@ -408,4 +408,5 @@ class TritonPythonModel:
                 self._send(job, self._error("the model is unloading", pb_utils.TritonError.UNAVAILABLE))
             with contextlib.suppress(Exception):
                 self._engine_done.result(timeout=30)
+            self.board.close()
         self.logger.log_info(f"{self.model_name}: unloaded")

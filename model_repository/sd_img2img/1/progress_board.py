@@ -10,6 +10,7 @@ tritonserver, reads it back when a client asks by request id. A post replaces th
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -40,9 +41,11 @@ def board_folder(model_repository: str | Path) -> Path:
 
 
 class ProgressBoard:
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, *, create: bool = True) -> None:
+        """``create=False`` for a reader (sd_img2img_progress): only the model that posts makes the folder."""
         self.folder = folder
-        folder.mkdir(parents=True, exist_ok=True)
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
 
     def _path(self, request_id: str) -> Path:
         return self.folder / (hashlib.sha256(request_id.encode()).hexdigest() + ".json")
@@ -68,6 +71,12 @@ class ProgressBoard:
 
     def remove(self, request_id: str) -> None:
         self._path(request_id).unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """Remove the folder if nothing is left in it (it is in /dev/shm: every test server's copied
+        repository has one, which would otherwise stay until reboot)."""
+        with contextlib.suppress(OSError):  # posts left (a reader may still want them) or already gone
+            self.folder.rmdir()
 
     def sweep(self, older_than_s: float, now: float | None = None) -> int:
         """Remove posts nobody removed (a stub killed mid-run); returns how many."""

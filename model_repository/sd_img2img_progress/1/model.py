@@ -27,7 +27,7 @@ class TritonPythonModel:
         """Find the board of this model repository (the one sd_img2img posts to)."""
         repository = Path(args["model_repository"]).resolve().parent
         self.model_name = json.loads(args["model_config"])["name"]
-        self.board = ProgressBoard(board_folder(repository))
+        self.board = ProgressBoard(board_folder(repository), create=False)
 
     def execute(self, requests: list[Any]) -> list[Any]:
         """One response per request, in order: the request's last post, or -1/-1/empty."""
