@@ -29,8 +29,9 @@ import tritonclient.http as triton_http
 
 from bench.stats import table
 from embedded.lifecycle import stop_on_signals
-from embedded.triton_calls import Img2Img
+from embedded.triton_calls import http_inputs, img2img
 from embedded.triton_server import DEFAULT_MODEL_PATH, EmbeddedTriton, copy_model_repository
+from frontend.generation import GenerationInput
 
 STEP, REQUEST = "sd_img2img", "sd_img2img_request"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -61,10 +62,10 @@ class Traffic:
         side = size or self.size
         return np.random.default_rng(i % 8).integers(0, 256, (side, side, 3), dtype=np.uint8)
 
-    def uniform(self, i: int) -> Img2Img:
-        return Img2Img(self.image(i), prompt=f"prompt {i % 3}", num_inference_steps=12, strength=0.5, seed=i)
+    def uniform(self, i: int) -> GenerationInput:
+        return img2img(self.image(i), prompt=f"prompt {i % 3}", num_inference_steps=12, strength=0.5, seed=i)
 
-    def mixed(self, i: int) -> Img2Img:
+    def mixed(self, i: int) -> GenerationInput:
         rng = np.random.default_rng(10_000 + i)
         steps, strength = SIX_STEPS[int(rng.integers(len(SIX_STEPS)))]
         return replace(
@@ -76,11 +77,11 @@ class Traffic:
         )
 
 
-def send(url: str, model: str, request: Img2Img) -> float:
+def send(url: str, model: str, request: GenerationInput) -> float:
     client = triton_http.InferenceServerClient(url, network_timeout=600, connection_timeout=600)
     try:
         start = time.perf_counter()
-        client.infer(model, request.inputs())
+        client.infer(model, http_inputs(request))
         return time.perf_counter() - start
     finally:
         client.close()
@@ -115,7 +116,7 @@ def head_of_line(url: str, model: str, traffic: Traffic, long_size: int, repeats
     """A short request's time alone, and sent 0.5 s after a long run (150 steps) of ``long_size`` px."""
     short = traffic.uniform(1)
     alone = statistics.median(send(url, model, short) for _ in range(repeats))
-    long_run = Img2Img(traffic.image(2, long_size), num_inference_steps=150, strength=1.0, seed=7)
+    long_run = img2img(traffic.image(2, long_size), num_inference_steps=150, strength=1.0, seed=7)
     behind: list[float] = []
     long_s: list[float] = []
     for _ in range(repeats):

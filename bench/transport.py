@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import fields
 from typing import Any
 
 import numpy as np
@@ -19,15 +18,15 @@ import tritonclient.http.aio as httpaio
 
 from bench.stats import percentile
 from bench.workload import Workload
-from embedded.triton_calls import Img2Img
+from embedded.triton_calls import http_inputs
 from frontend.generation import GenerationInput
 from frontend.triton_backend import CHANNEL_ARGS, build_inputs
 
 MODEL = "sd_img2img"
 
 
-def _request(workload: Workload, i: int, image: np.ndarray) -> Img2Img:
-    return Img2Img(
+def _request(workload: Workload, i: int, image: np.ndarray) -> GenerationInput:
+    return GenerationInput(
         image=image,
         prompt=workload.prompt(i),
         negative_prompt="blurry" if i % 2 else "",
@@ -38,11 +37,6 @@ def _request(workload: Workload, i: int, image: np.ndarray) -> Img2Img:
     )
 
 
-def _grpc_inputs(request: Img2Img) -> list[grpcclient.InferInput]:
-    """The frontend's own request builder, so this side measures what the frontend sends."""
-    return build_inputs(GenerationInput(**{f.name: getattr(request, f.name) for f in fields(Img2Img)}))
-
-
 async def closed_loop_grpc(
     url: str, workload: Workload, concurrency: int, requests: int, model: str = MODEL
 ) -> list[float]:
@@ -50,7 +44,8 @@ async def closed_loop_grpc(
     images = workload.images()
 
     def inputs(i: int) -> list[grpcclient.InferInput]:
-        return _grpc_inputs(_request(workload, i, images[i % len(images)]))
+        # The frontend's own request builder, so this side measures what the frontend sends.
+        return build_inputs(_request(workload, i, images[i % len(images)]))
 
     try:
         return await _closed_loop(lambda i: client.infer(model, inputs(i)), concurrency, requests)
@@ -66,7 +61,7 @@ async def closed_loop_http(
     outputs = [httpclient.InferRequestedOutput(name, binary_data=True) for name in ("images", "seeds")]
 
     def inputs(i: int) -> list[httpclient.InferInput]:
-        return _request(workload, i, images[i % len(images)]).inputs()  # binary tensors
+        return http_inputs(_request(workload, i, images[i % len(images)]))  # binary tensors
 
     try:
         return await _closed_loop(lambda i: client.infer(model, inputs(i), outputs=outputs), concurrency, requests)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import tritonclient.http as triton_http
@@ -18,39 +19,33 @@ from frontend.wire import input_arrays
 MODEL = "sd_img2img"
 
 
-@dataclass(frozen=True)
-class Img2Img:
-    """One request. Every input is always sent: Triton batches only requests with the same input set."""
+# Tests and benchmarks send short runs (4 steps at strength 0.5) with a fixed seed unless they say otherwise.
+TEST_PROMPT = "a photo of an astronaut riding a horse on mars"
 
-    image: np.ndarray
-    prompt: str = "a photo of an astronaut riding a horse on mars"
-    negative_prompt: str = ""
-    strength: float = 0.5
-    num_inference_steps: int = 4
-    guidance_scale: float = 7.5
-    num_images_per_prompt: int = 1
-    seed: int = 120
-    scheduler: str = ""
 
-    def inputs(self) -> list[triton_http.InferInput]:
-        """The frontend's wire contract (``frontend/wire.py``) as HTTP tensors, binary."""
-        job = GenerationInput(
-            self.prompt,
-            self.image,
-            self.negative_prompt,
-            self.strength,
-            self.num_inference_steps,
-            self.guidance_scale,
-            self.num_images_per_prompt,
-            self.seed,
-            self.scheduler,
-        )
-        inputs = []
-        for spec, array in input_arrays(job):
-            tensor = triton_http.InferInput(spec.name, list(array.shape), spec.datatype)
-            tensor.set_data_from_numpy(array, binary_data=True)
-            inputs.append(tensor)
-        return inputs
+def img2img(
+    image: np.ndarray,
+    prompt: str = TEST_PROMPT,
+    *,
+    strength: float = 0.5,
+    num_inference_steps: int = 4,
+    seed: int = 120,
+    **fields: Any,
+) -> GenerationInput:
+    """A request as tests and benchmarks send it: the frontend's own ``GenerationInput``, test defaults."""
+    return GenerationInput(
+        prompt=prompt, image=image, strength=strength, num_inference_steps=num_inference_steps, seed=seed, **fields
+    )
+
+
+def http_inputs(job: GenerationInput) -> list[triton_http.InferInput]:
+    """The frontend's wire contract (``frontend/wire.py``) as HTTP tensors, binary."""
+    inputs = []
+    for spec, array in input_arrays(job):
+        tensor = triton_http.InferInput(spec.name, list(array.shape), spec.datatype)
+        tensor.set_data_from_numpy(array, binary_data=True)
+        inputs.append(tensor)
+    return inputs
 
 
 @dataclass
@@ -71,11 +66,11 @@ class Caller:
     def _client(self) -> triton_http.InferenceServerClient:
         return triton_http.InferenceServerClient(self.url, network_timeout=300, connection_timeout=300)
 
-    def send(self, request: Img2Img) -> Answer:
+    def send(self, job: GenerationInput) -> Answer:
         client = self._client()
         start = time.perf_counter()
         try:
-            result = client.infer(MODEL, request.inputs())
+            result = client.infer(MODEL, http_inputs(job))
         except InferenceServerException as exc:
             return Answer(status=str(exc.status()), message=exc.message() or "", seconds=time.perf_counter() - start)
         finally:

@@ -10,15 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embedded.triton_calls import Answer, Caller, Img2Img
+from embedded.triton_calls import Answer, Caller, img2img
 from embedded.triton_server import EmbeddedTriton, copy_model_repository
+from frontend.generation import GenerationInput
 
 from ..helpers.support import paced, random_image, start_triton
 
 pytestmark = pytest.mark.integration
 
 
-def send_all(caller: Caller, requests: Sequence[Img2Img]) -> list[Answer]:
+def send_all(caller: Caller, requests: Sequence[GenerationInput]) -> list[Answer]:
     with ThreadPoolExecutor(max_workers=len(requests)) as pool:
         return list(pool.map(caller.send, requests))
 
@@ -34,7 +35,7 @@ def test_model_is_ready_over_http(triton: EmbeddedTriton) -> None:
 
 
 def test_sixteen_concurrent_requests_succeed_and_are_batched(caller: Caller) -> None:
-    requests = [Img2Img(random_image(seed=i), seed=i) for i in range(16)]
+    requests = [img2img(random_image(seed=i), seed=i) for i in range(16)]
     before = caller.stats()
     answers = send_all(caller, requests)
     delta = stats_delta(caller, before)
@@ -47,14 +48,14 @@ def test_sixteen_concurrent_requests_succeed_and_are_batched(caller: Caller) -> 
 
 def test_different_sizes_and_parameters_in_flight_together(caller: Caller) -> None:
     requests = [
-        Img2Img(random_image((64, 64)), num_images_per_prompt=2, seed=1),
-        Img2Img(random_image((32, 48)), strength=0.75, seed=2),
-        Img2Img(random_image((128, 64)), num_inference_steps=6, guidance_scale=1.0, seed=3),
-        Img2Img(random_image((64, 128)), scheduler="euler_a", negative_prompt="blurry", seed=4),
-        Img2Img(random_image((64, 64)), num_images_per_prompt=3, scheduler="DDIMScheduler", seed=5),
-        Img2Img(random_image((32, 48)), strength=0.75, seed=6),
-        Img2Img(random_image((16, 16)), strength=1.0, num_inference_steps=2, seed=7),
-        Img2Img(random_image((64, 64)), seed=8),
+        img2img(random_image((64, 64)), num_images_per_prompt=2, seed=1),
+        img2img(random_image((32, 48)), strength=0.75, seed=2),
+        img2img(random_image((128, 64)), num_inference_steps=6, guidance_scale=1.0, seed=3),
+        img2img(random_image((64, 128)), scheduler="euler_a", negative_prompt="blurry", seed=4),
+        img2img(random_image((64, 64)), num_images_per_prompt=3, scheduler="DDIMScheduler", seed=5),
+        img2img(random_image((32, 48)), strength=0.75, seed=6),
+        img2img(random_image((16, 16)), strength=1.0, num_inference_steps=2, seed=7),
+        img2img(random_image((64, 64)), seed=8),
     ]
     answers = send_all(caller, requests)
     for request, answer in zip(requests, answers, strict=True):
@@ -66,13 +67,13 @@ def test_different_sizes_and_parameters_in_flight_together(caller: Caller) -> No
 
 
 def test_same_request_is_byte_identical_alone_and_amid_concurrent_traffic(caller: Caller) -> None:
-    probe = Img2Img(random_image(seed=123), prompt="determinism probe", seed=2024, num_images_per_prompt=2)
+    probe = img2img(random_image(seed=123), prompt="determinism probe", seed=2024, num_images_per_prompt=2)
     first = caller.send(probe)
     second = caller.send(probe)
     assert first.images is not None and second.images is not None
     assert first.images.tobytes() == second.images.tobytes()
 
-    traffic = [Img2Img(random_image(seed=i), seed=1000 + i, num_images_per_prompt=1 + i % 2) for i in range(11)]
+    traffic = [img2img(random_image(seed=i), seed=1000 + i, num_images_per_prompt=1 + i % 2) for i in range(11)]
     requests = traffic[:5] + [probe] + traffic[5:]
     before = caller.stats()
     answers = send_all(caller, requests)
@@ -89,15 +90,17 @@ def test_same_request_is_byte_identical_alone_and_amid_concurrent_traffic(caller
 @pytest.mark.parametrize(
     ("bad", "input_name"),
     [
-        (Img2Img(random_image(), strength=1.5), "strength"),
-        (Img2Img(np.zeros((0, 0, 3), np.uint8)), "image"),
-        (Img2Img(random_image(), num_inference_steps=3, strength=0.3), "num_inference_steps"),
-        (Img2Img(random_image(), scheduler="not-a-scheduler"), "scheduler"),
+        (img2img(random_image(), strength=1.5), "strength"),
+        (img2img(np.zeros((0, 0, 3), np.uint8)), "image"),
+        (img2img(random_image(), num_inference_steps=3, strength=0.3), "num_inference_steps"),
+        (img2img(random_image(), scheduler="not-a-scheduler"), "scheduler"),
     ],
     ids=["strength-1.5", "empty-image", "zero-effective-steps", "unknown-scheduler"],
 )
-def test_invalid_request_amid_valid_ones_is_refused_alone(caller: Caller, bad: Img2Img, input_name: str) -> None:
-    valid = [Img2Img(random_image(seed=i), seed=i) for i in range(6)]
+def test_invalid_request_amid_valid_ones_is_refused_alone(
+    caller: Caller, bad: GenerationInput, input_name: str
+) -> None:
+    valid = [img2img(random_image(seed=i), seed=i) for i in range(6)]
     requests = valid[:3] + [bad] + valid[3:]
     answers = send_all(caller, requests)
     refused = answers[3]
@@ -112,7 +115,7 @@ def test_full_queue_is_rejected_at_once_with_503(tmp_path: Path, tiny_model_path
     server = start_triton(repository, tiny_model_path)
     try:
         caller = Caller(server.http_url)
-        slow = [Img2Img(random_image(seed=i), seed=i, num_inference_steps=40, strength=1.0) for i in range(16)]
+        slow = [img2img(random_image(seed=i), seed=i, num_inference_steps=40, strength=1.0) for i in range(16)]
         answers = send_all(caller, slow)
     finally:
         server.stop()
@@ -132,10 +135,10 @@ def test_batched_mode_moves_pixels_by_at_most_one(tmp_path: Path, tiny_model_pat
     try:
         caller = Caller(server.http_url)
         probes = [
-            Img2Img(random_image(seed=300 + i), seed=300 + i, num_inference_steps=8, strength=0.75) for i in range(4)
+            img2img(random_image(seed=300 + i), seed=300 + i, num_inference_steps=8, strength=0.75) for i in range(4)
         ]
         alone = [caller.send(p) for p in probes]
-        batched = send_all(caller, [Img2Img(random_image(seed=i), seed=i) for i in range(6)] + probes)[6:]
+        batched = send_all(caller, [img2img(random_image(seed=i), seed=i) for i in range(6)] + probes)[6:]
     finally:
         server.stop()
     differences = [

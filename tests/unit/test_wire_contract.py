@@ -13,7 +13,7 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from embedded.triton_calls import Img2Img
+from embedded.triton_calls import http_inputs
 from frontend import wire
 from frontend.generation import GenerationInput
 from frontend.triton_backend import build_inputs
@@ -76,10 +76,7 @@ JOB = GenerationInput("a cat", np.zeros((16, 24, 3), np.uint8), "blurry", 0.5, 8
 
 @pytest.mark.parametrize("transport", ["grpc (frontend)", "http (embedded)"])
 def test_requests_carry_every_input_as_the_contract_says(transport: str) -> None:
-    if transport.startswith("grpc"):
-        tensors = build_inputs(JOB)
-    else:
-        tensors = Img2Img(JOB.image, "a cat", "blurry", 0.5, 8, 7.5, 2, 120, "euler").inputs()
+    tensors = build_inputs(JOB) if transport.startswith("grpc") else http_inputs(JOB)
     sent = [(t.name(), t.datatype(), tuple(t.shape()[1:])) for t in tensors]
     assert [(n, d) for n, d, _ in sent] == [(n, d) for n, d, *_ in config_tensors("input")]
     assert all(t.shape()[0] == 1 for t in tensors)  # a batch of one
