@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import tritonclient.http as triton_http
 
-from bench.stats import table
+from bench.stats import spread, table
 from embedded.lifecycle import stop_on_signals
 from embedded.triton_calls import http_inputs, img2img
 from embedded.triton_server import DEFAULT_MODEL_PATH, EmbeddedTriton, copy_model_repository
@@ -141,9 +141,11 @@ def measure(url: str, args: argparse.Namespace) -> dict[str, Any]:
         closed_loop(url, model, traffic.mixed, 8, 2)
     rounds: list[dict[str, float]] = []
     for r in range(args.rounds):
+        # The two variants back to back on each workload, their order alternating: the machine drifts by
+        # tens of percent over minutes, so ratios are taken within a round.
         row: dict[str, float] = {}
-        for model in (STEP, REQUEST) if r % 2 == 0 else (REQUEST, STEP):
-            for name, make in (("uniform", traffic.uniform), ("mixed", traffic.mixed)):
+        for name, make in (("uniform", traffic.uniform), ("mixed", traffic.mixed)):
+            for model in (STEP, REQUEST) if r % 2 == 0 else (REQUEST, STEP):
                 result = closed_loop(url, model, make, args.concurrency, args.seconds)
                 row[f"{model}:{name}"] = result["req_per_s"]
                 print(f"round {r + 1} {model} {name}: {result['req_per_s']:.1f} req/s", flush=True)
@@ -165,6 +167,15 @@ def median_of(rounds: list[dict[str, float]], key: str) -> float:
     return statistics.median(row[key] for row in rounds)
 
 
+def paired(rounds: list[dict[str, float]], numerator: str, denominator: str) -> dict[str, float]:
+    """The ratio within each round (both measured minutes apart at most), as median and range."""
+    return spread([row[numerator] / row[denominator] for row in rounds])
+
+
+def ratio_cell(ratios: dict[str, float]) -> str:
+    return f"{ratios['median']:.2f} ({ratios['min']:.2f}-{ratios['max']:.2f})"
+
+
 def render(result: dict[str, Any]) -> str:
     rounds = result["rounds"]
     t = result["traffic"]
@@ -180,12 +191,16 @@ def render(result: dict[str, Any]) -> str:
     throughput = []
     for model, label in ((STEP, "step (shipped)"), (REQUEST, "request")):
         uniform, mixed = median_of(rounds, f"{model}:uniform"), median_of(rounds, f"{model}:mixed")
-        throughput.append([label, f"{uniform:.1f}", f"{mixed:.1f}", f"{mixed / uniform:.2f}"])
-    lines += table(["batching", "uniform req/s", "mixed req/s", "mixed / uniform"], throughput)
-    step_u, req_u = median_of(rounds, f"{STEP}:uniform"), median_of(rounds, f"{REQUEST}:uniform")
+        ratios = paired(rounds, f"{model}:mixed", f"{model}:uniform")
+        throughput.append([label, f"{uniform:.1f}", f"{mixed:.1f}", ratio_cell(ratios)])
+    lines += table(["batching", "uniform req/s", "mixed req/s", "mixed / uniform by round"], throughput)
+    side = paired(rounds, f"{STEP}:uniform", f"{REQUEST}:uniform")
     lines += [
         "",
-        f"Uniform traffic, step / request batching: **{step_u / req_u:.2f}**.",
+        f"Uniform traffic, step / request batching, by round: **{side['median']:.2f}** (median;"
+        f" {side['min']:.2f}-{side['max']:.2f} over {len(rounds)} rounds). Each round runs both variants"
+        " back to back on each workload; the req/s columns are medians over rounds, which the machine's drift"
+        " moves more than the variants differ.",
         "",
         "Head-of-line blocking: a short request (6 steps) alone, and sent 0.5 s after a long run (150 steps):",
         "",
@@ -213,8 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-path", default=str(DEFAULT_MODEL_PATH))
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--seconds", type=float, default=15.0)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "step-batching")
     args = parser.parse_args(argv)

@@ -68,29 +68,50 @@ class StepDenoiser:
 
     @torch.inference_mode()
     def admit(self, requests: Sequence[Img2ImgRequest]) -> list[Flight]:
-        return [self._prepare(request) for request in requests]
+        """The requests admitted on one tick: their prompts encoded together, then each prepared."""
+        embeddings = self._encode_prompts(requests)
+        return [self._prepare(request, own) for request, own in zip(requests, embeddings, strict=True)]
 
-    def _prepare(self, request: Img2ImgRequest) -> Flight:
-        """The pipeline's steps 1-6 for one request: encode the prompt, set and cut the timesteps,
-        encode the image and noise it to the first timestep."""
+    def _encode_prompts(self, requests: Sequence[Img2ImgRequest]) -> list[torch.Tensor]:
+        """The pipeline's step 1 for every request admitted on this tick: one ``encode_prompt`` call per
+        guidance mode, then per image [negative, prompt] under guidance, else [prompt]. The text encoder's
+        layers run row by row under the invariance plan (as in a whole pipeline call over many prompts),
+        so a prompt's embedding does not depend on the prompts encoded beside it."""
+        embeddings: list[torch.Tensor | None] = [None] * len(requests)
+        for guided in (True, False):
+            chosen = [i for i, request in enumerate(requests) if self.guided(request) == guided]
+            if not chosen:
+                continue
+            prompts = [requests[i].prompt for i in chosen]
+            negatives = [requests[i].negative_prompt for i in chosen] if guided else None
+            prompt_embeds, negative_embeds = self.pipe.encode_prompt(prompts, self.device, 1, guided, negatives)
+            for row, i in enumerate(chosen):
+                n = requests[i].num_images_per_prompt
+                own = prompt_embeds[row : row + 1].repeat(n, 1, 1)  # what num_images_per_prompt=n gives
+                if guided:
+                    negative = negative_embeds[row : row + 1].repeat(n, 1, 1)
+                    own = torch.stack([negative, own], dim=1).flatten(0, 1)
+                embeddings[i] = own
+        return [own for own in embeddings if own is not None]
+
+    def _prepare(self, request: Img2ImgRequest, embeddings: torch.Tensor) -> Flight:
+        """The pipeline's steps 2-6 for one request, its prompt encoded: set and cut the timesteps, encode
+        the image and noise it to the first timestep."""
         pipe, n, guided = self.pipe, request.num_images_per_prompt, self.guided(request)
-        # 1. Prompt embeddings, as ``encode_prompt`` gives them, then per image [negative, prompt].
-        prompt_embeds, negative_embeds = pipe.encode_prompt(
-            request.prompt, self.device, n, guided, request.negative_prompt
-        )
-        embeddings = torch.stack([negative_embeds, prompt_embeds], dim=1).flatten(0, 1) if guided else prompt_embeds
         # 2. A scheduler of its own (PNDM and the multistep ones keep history), timesteps cut by strength.
         scheduler = copy.deepcopy(self.schedulers[request.scheduler])
         scheduler.set_timesteps(request.num_inference_steps, device=self.device)
         timesteps = self._cut(scheduler, request.num_inference_steps, request.strength)
-        # 3. Init latents: the image encoded once per generator, noised to the first timestep.
+        # 3. Init latents: the image encoded once per generator (a batch of one: the VAE encoder has no
+        # invariance plan, and its convolutions round differently at other batch sizes on CPU), noised to
+        # the first timestep.
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in request.seeds]
         pixels = torch.from_numpy(np.ascontiguousarray(request.image[np.newaxis])).permute(0, 3, 1, 2).contiguous()
         image = pipe.image_processor.preprocess(pixels.to(self.device, self.dtype) / 255.0)
-        image = image.to(device=self.device, dtype=prompt_embeds.dtype)
+        image = image.to(device=self.device, dtype=embeddings.dtype)
         init = torch.cat([retrieve_latents(pipe.vae.encode(image), generator=g) for g in generators], dim=0)
         init = pipe.vae.config.scaling_factor * init
-        noise = randn_tensor(init.shape, generator=generators, device=self.device, dtype=prompt_embeds.dtype)
+        noise = randn_tensor(init.shape, generator=generators, device=self.device, dtype=embeddings.dtype)
         latents = scheduler.add_noise(init, noise, timesteps[:1].repeat(n))
         return Flight(
             request=request,
