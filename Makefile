@@ -95,13 +95,15 @@ reliability: model model-sd15 postgres
 	$(PY) -m bench.real_size --model-path $(SD15_DIR) && exit $$(( status || report ))
 
 # Every benchmark side by side (about 20 min here); writes docs/benchmarks.md, docs/img/*.png, docs/bench-replicas.md,
-# docs/step-batching.md (step against request batching: mixed settings, head-of-line blocking), docs/auth-timing.md.
+# docs/step-batching.md (step against request batching: mixed settings, head-of-line blocking), docs/step-cost.md,
+# docs/auth-timing.md.
 # On a GPU machine: make bench BENCH_ARGS="--model-path /weights/sd15 --size 512 --steps 50 --strength 0.8"
 BENCH_ARGS ?=
 bench: model postgres perf-analyzer
 	$(PY) -m bench.run_all $(BENCH_ARGS)
 	$(PY) -m bench.replicas
 	$(PY) -m bench.step_batching
+	$(PY) -m bench.step_cost
 	$(PY) -m bench.auth_timing
 
 # The run store's added latency (PostgreSQL vs SQLite) and 1 vs 3 frontends on one Triton (about 6 min);
