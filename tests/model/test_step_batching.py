@@ -41,10 +41,15 @@ def runner(tiny_model_path: Path) -> Iterator[Img2ImgRunner]:
     yield Img2ImgRunner(str(tiny_model_path), device="cpu", dtype=torch.float32)
 
 
+# The request indices of each forward of the last ``run`` (which requests shared it).
+MEMBERS: list[set[int]] = []
+
+
 def run(runner: Img2ImgRunner, arrivals: list[tuple[int, Img2ImgRequest]]) -> tuple[dict[int, np.ndarray], list[int]]:
     """Submit each request before tick ``at``; returns each request's images and the rows of every forward."""
     images: dict[int, np.ndarray] = {}
     rows: list[int] = []
+    MEMBERS.clear()
     engine = StepEngine(
         StepDenoiser(runner.pipe, runner.schedulers),
         max_rows=64,
@@ -52,7 +57,7 @@ def run(runner: Img2ImgRunner, arrivals: list[tuple[int, Img2ImgRequest]]) -> tu
             answer=lambda job, out: images.__setitem__(job.request.index, out),
             fail=lambda job, message: pytest.fail(message),
             cancelled=lambda job: None,
-            on_tick=lambda jobs, n: rows.append(n),
+            on_tick=lambda jobs, n: (rows.append(n), MEMBERS.append({job.request.index for job in jobs})),
         ),
     )
     pending = sorted(arrivals, key=lambda pair: pair[0])
@@ -81,12 +86,16 @@ def test_bytes_alone_equal_bytes_joined_at_the_first_a_middle_and_the_last_but_o
     alone, alone_rows = run(runner, [(0, probe)])
     assert set(alone_rows) == {4}  # 2 images x (negative, prompt)
     ticks = len(alone_rows)
+    # The running batch's last two forwards: the longest neighbour's (request 0) last-but-one and last.
+    run(runner, [(0, n) for n in NEIGHBOURS])
+    last = max(tick for tick, members in enumerate(MEMBERS) if 0 in members)
     # The neighbours start first; the probe joins their running batch at its first forward, halfway,
-    # and one forward before the neighbours' second-longest leaves.
-    for join in (0, ticks // 2, 22):
+    # one forward before the second-longest neighbour leaves, and at the batch's last-but-one forward.
+    for join in (0, ticks // 2, 22, last - 1):
         joined, rows = run(runner, [(0, n) for n in NEIGHBOURS] + [(join, probe)])
         assert joined[9].tobytes() == alone[9].tobytes(), f"joined at tick {join}"
-        assert max(rows) > 4  # it did share forwards
+        assert any(9 in members and len(members) > 1 for members in MEMBERS), f"joined at {join}: no shared forward"
+    assert {0, 9} <= MEMBERS[last - 1] and {0, 9} <= MEMBERS[last]  # it met the last-but-one and last
     other, _ = run(runner, [(0, req(9, seed=43, num_images_per_prompt=2, scheduler=scheduler))])
     assert other[9][0].tobytes() != alone[9][0].tobytes()
 
