@@ -155,6 +155,9 @@ class EmbeddedTriton:
     process: subprocess.Popen[str] | None = field(default=None, init=False)
     _log_tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=LOG_TAIL_LINES))
     _reader: threading.Thread | None = field(default=None, init=False)
+    # Set once stop() has reaped this process and its group: a second stop() must not signal its pid, which
+    # the kernel may since have given to another process group (pid_max is 32768 on our machines).
+    _stopped: bool = field(default=False, init=False)
 
     @classmethod
     def on_free_ports(
@@ -219,6 +222,7 @@ class EmbeddedTriton:
         if self.process is not None and self.process.poll() is None:
             raise RuntimeError("tritonserver is already running")
         self.remove_shm_regions()
+        self._stopped = False
         self.process = spawn_server(  # its own session: our signal handlers decide what reaches it
             self.command(),
             env={**server_environment(self.model_path, self.python_path), **self.env},
@@ -290,6 +294,8 @@ class EmbeddedTriton:
         """SIGTERM, then SIGKILL after ``timeout_s`` (a server whose stub died never finishes a graceful stop)."""
         if self.process is None:
             return None
+        if self._stopped:
+            return self.process.returncode
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -308,6 +314,7 @@ class EmbeddedTriton:
         if self.process.stdout is not None:
             self.process.stdout.close()
         self.remove_shm_regions()
+        self._stopped = True
         return self.process.returncode
 
     def __enter__(self) -> EmbeddedTriton:
