@@ -69,6 +69,8 @@ class Supervisor:
     exit_poll_s: float = 0.5  # how soon a dead process or stub is seen
     model: str = "sd_img2img"
     report: Callable[[str], None] = log.warning
+    # Called with the reason just before a restart, while the dead server's log is still the last one.
+    before_restart: Callable[[str], None] = lambda reason: None
     restarts: list[Restart] = field(default_factory=list)
     verdicts: list[Any] = field(default_factory=list)  # every probe's canary.Verdict, for tests and logs
     _stopping: threading.Event = field(default_factory=threading.Event)
@@ -159,6 +161,7 @@ class Supervisor:
         record = Restart(reason, seen)
         self.restarts.append(record)
         self.report(f"restarting tritonserver: {reason[:300]}")
+        self.before_restart(reason)
         # A server with a dead stub never finishes a graceful stop (it waits for the stub): kill it.
         self.triton.stop(timeout_s=self.stop_grace_s if graceful else 0)
         if self._stopping.is_set():

@@ -23,7 +23,6 @@ sys.path.insert(0, str(MODEL_VERSION_DIR))  # img2img_requests / img2img_pipelin
 
 from embedded.lifecycle import stop_on_signals  # noqa: E402
 from embedded.postgres import EmbeddedPostgres  # noqa: E402
-from embedded.supervisor import Supervisor  # noqa: E402
 from embedded.triton_server import DEFAULT_MODEL_REPOSITORY, EmbeddedTriton, copy_model_repository  # noqa: E402
 
 from .helpers.servers import png_bytes  # noqa: E402
@@ -61,7 +60,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatu
     (CI keeps only what pytest prints)."""
     revived = terminalreporter.config.stash[WATCHDOG].report()
     if revived:
-        terminalreporter.section("session tritonservers that died and were restarted")
+        terminalreporter.section("shared tritonservers that died and were restarted")
         for line in revived:
             terminalreporter.line(line)
     if exitstatus == 0 or not TEST_LOG_DIR.is_dir():
@@ -93,23 +92,28 @@ def tiny_model_path() -> Path:
 
 @pytest.fixture(autouse=True)
 def session_servers_alive(request: pytest.FixtureRequest) -> None:
-    """Before a test that uses a shared tritonserver: restart it if it died (once per session; reported)."""
+    """Before a test that uses a shared tritonserver: it is alive (its supervisor restarts a dead one, once
+    per session; reported in the summary)."""
     for name in SESSION_SERVERS:
         if name in request.fixturenames:
-            server: EmbeddedTriton = request.getfixturevalue(name)
-            request.config.stash[WATCHDOG].check(name, server, Supervisor(server).died(), request.node.nodeid)
+            request.getfixturevalue(name)
+            request.config.stash[WATCHDOG].check(name, request.node.nodeid)
 
 
 @pytest.fixture(scope="session")
-def triton(tiny_model_path: Path) -> Iterator[EmbeddedTriton]:
-    """One real tritonserver on free ports, shared by the integration and end-to-end tests."""
+def triton(tiny_model_path: Path, pytestconfig: pytest.Config) -> Iterator[EmbeddedTriton]:
+    """One real tritonserver on free ports, shared by the integration and end-to-end tests (supervised)."""
     server = start_triton(DEFAULT_MODEL_REPOSITORY, tiny_model_path)
+    supervisor = pytestconfig.stash[WATCHDOG].supervise("triton", server)
     yield server
+    supervisor.stop()  # first: a stopped server is no death to act on
     server.stop()
 
 
 @pytest.fixture(scope="session")
-def paced_triton(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedTriton]:
+def paced_triton(
+    tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config
+) -> Iterator[EmbeddedTriton]:
     """A second tritonserver on the paced model (``PACE_MS`` per step), for tests that need long runs.
 
     Its batcher waits up to 200 ms for a batch, so requests sent together meet in one call however
@@ -125,7 +129,9 @@ def paced_triton(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory
     server = start_triton(
         repository, tiny_model_path, env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}, log_name="paced-triton"
     )
+    supervisor = pytestconfig.stash[WATCHDOG].supervise("paced_triton", server)
     yield server
+    supervisor.stop()
     server.stop()
 
 

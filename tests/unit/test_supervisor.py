@@ -157,12 +157,16 @@ class FakeLiveness:
         return self.verdicts.pop(0) if self.verdicts else canary.Verdict(True, False, "answered")
 
 
-def supervise(verdicts: list[Any], triton: FakeTriton | None = None, stub: str = "alive") -> tuple[FakeTriton, Any]:
+def supervise(
+    verdicts: list[Any], triton: FakeTriton | None = None, stub: str = "alive", **options: Any
+) -> tuple[FakeTriton, Any]:
     """Run the loop until every scripted verdict was judged, or with none until it acted (at most 10 s)."""
     triton = triton or FakeTriton()
     fake = FakeLiveness(list(verdicts))
     scripted = len(verdicts)
-    supervisor = Supervisor(triton, interval_s=0.01, exit_poll_s=0.005, backoff_s=0.01, report=lambda m: None)  # type: ignore[arg-type]
+    supervisor = Supervisor(
+        triton, interval_s=0.01, exit_poll_s=0.005, backoff_s=0.01, report=lambda m: None, **options
+    )  # type: ignore[arg-type]
     supervisor._liveness = fake
     original = canary.stub_state
     canary.stub_state = lambda *_: stub
@@ -200,7 +204,8 @@ def test_failures_in_a_row_restart_gracefully_and_interrupted_ones_do_not() -> N
 
 
 def test_an_exited_server_or_a_gone_stub_is_restarted_without_a_probe() -> None:
-    triton, fake = supervise([], FakeTriton(process=FakeProcess(returncode=-9)))
-    assert triton.events[:2] == ["stop 0", "start"]
+    triton = FakeTriton(process=FakeProcess(returncode=-9))
+    triton, fake = supervise([], triton, before_restart=lambda reason: triton.events.append(f"told: {reason}"))
+    assert triton.events[:3] == ["told: tritonserver exited (code -9)", "stop 0", "start"]
     triton, fake = supervise([], stub="gone")
     assert triton.events[:2] == ["stop 0", "start"]
