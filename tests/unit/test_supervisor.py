@@ -14,6 +14,7 @@ import pytest
 
 from embedded import supervisor as supervisor_module
 from embedded.supervisor import Supervisor
+from tests.helpers.fake_triton import FakeProcess, FakeTriton
 
 canary = supervisor_module.canary
 STUB_DEAD = 'HTTP 500: {"error":"Stub process \'sd_img2img_0\' is not healthy."}'
@@ -118,32 +119,6 @@ def test_memory_survives_between_exec_probes(world: World, tmp_path: Path) -> No
     first.memory.save(path)
     second = canary.Liveness("127.0.0.1:1", stall_s=60, memory=canary.Memory().load(path))
     assert not second.judge(now=170).alive  # 70 s without progress, seen across two processes
-
-
-@dataclass
-class FakeProcess:
-    pid: int = 4242
-    returncode: int | None = None
-
-    def poll(self) -> int | None:
-        return self.returncode
-
-
-@dataclass
-class FakeTriton:
-    http_url: str = "127.0.0.1:1"
-    host: str = "127.0.0.1"
-    metrics_port: int = 2
-    process: FakeProcess = field(default_factory=FakeProcess)
-    events: list[str] = field(default_factory=list)
-
-    def stop(self, timeout_s: float = 30.0) -> None:
-        self.events.append(f"stop {timeout_s:g}")
-
-    def start(self) -> FakeTriton:
-        self.process = FakeProcess(pid=self.process.pid + 1)
-        self.events.append("start")
-        return self
 
 
 @dataclass

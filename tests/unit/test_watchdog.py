@@ -3,57 +3,25 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 
 import pytest
 
+from tests.helpers.fake_triton import FakeProcess, FakeTriton
 from tests.helpers.watchdog import Watchdog
 
 CRASH_LOG = "Signal (11) received.\n 0# handler\n"
 
 
-@dataclass
-class FakeProcess:
-    pid: int = 4242
-    returncode: int | None = None
-
-    def poll(self) -> int | None:
-        return self.returncode
-
-
-@dataclass
-class FakeServer:
-    """What the supervisor uses of an ``EmbeddedTriton``; its process has died (SIGSEGV)."""
-
-    http_url: str = "127.0.0.1:1"
-    host: str = "127.0.0.1"
-    metrics_port: int = 2
-    process: FakeProcess = field(default_factory=lambda: FakeProcess(returncode=-11))
-    events: list[str] = field(default_factory=list)
-    log: str = CRASH_LOG
-
-    def log_tail(self) -> str:
-        return self.log
-
-    def stop(self, timeout_s: float = 30.0) -> int | None:
-        self.events.append("stop")
-        return self.process.returncode
-
-    def start(self) -> FakeServer:
-        self.events.append("start")
-        self.process, self.log = FakeProcess(pid=self.process.pid + 1), "ready again\n"
-        return self
-
-
 def test_a_dead_server_is_restarted_by_its_supervisor_and_reported_with_the_dead_ones_log() -> None:
-    watchdog, server = Watchdog(), FakeServer()
+    # Its process died of SIGSEGV.
+    watchdog, server = Watchdog(), FakeTriton(process=FakeProcess(returncode=-11), log=CRASH_LOG)
     watchdog.current_test = "tests/x.py::test_cancels"
     supervisor = watchdog.supervise("triton", server)
     deadline = time.monotonic() + 10
     while "start" not in server.events and time.monotonic() < deadline:
         time.sleep(0.05)
     supervisor.stop()
-    assert server.events[:2] == ["stop", "start"]
+    assert server.events[:2] == ["stop 0", "start"]  # a dead server: no grace
     report = "\n".join(watchdog.report())
     assert "triton died (tritonserver exited (code -11)) during tests/x.py::test_cancels; restarted" in report
     assert "Signal (11) received." in report and "ready again" not in report  # the log from before the restart
