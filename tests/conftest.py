@@ -31,7 +31,8 @@ from .helpers.watchdog import Watchdog  # noqa: E402
 
 # Lines of each tritonserver log a failing session prints.
 FAILED_SESSION_LOG_LINES = 60
-# The session's shared tritonservers, revived once each if one died between tests (tests/helpers/watchdog.py).
+# The shared tritonservers, each under the production supervisor: restarted at once if it dies, once per session
+# (tests/helpers/watchdog.py).
 SESSION_SERVERS = ("triton", "paced_triton")
 WATCHDOG = pytest.StashKey[Watchdog]()
 
