@@ -11,8 +11,9 @@ busy servers. The rules, in order; only evidence of death fails:
 3. work is queued (Triton's ``nv_inference_pending_request_count``) and nothing moved for ``stall_s``:
    no denoising step (the model's ``sd_img2img_denoising_steps_total``), no finished execution, no
    answered request (Triton's statistics). While work is queued no canary is sent: it would only queue;
-4. otherwise one canary inference: images are life, the stub's "not healthy" error is death, a full
-   queue is life; no answer in time counts as busy until rule 3's ``stall_s`` has passed without progress.
+4. otherwise one canary inference: images are life, the stub's "not healthy" error is death (so is the
+   model's own, when its step engine has stopped), a full queue is life; no answer in time counts as
+   busy until rule 3's ``stall_s`` has passed without progress.
 
 Progress is remembered between probes (a small JSON file for the Kubernetes exec probe, memory in
 ``embedded/supervisor.py``, which imports this file). Exit 0: alive. Exit 1: dead.
@@ -29,7 +30,9 @@ import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
 
-# Failures that prove the model cannot serve until tritonserver restarts.
+# Failures that prove the model cannot serve until tritonserver restarts: a dead stub ("Stub process '...' is
+# not healthy."), or a model that says it is not healthy (sd_img2img's step engine died: model.py FATAL_MARKER).
+# The frontend's triton_backend.FATAL_MARKERS is the same tuple (tests/unit/test_one_source.py).
 FATAL_MARKERS = ("is not healthy", "Stub process")
 # Failures that prove it is alive, only busy.
 BUSY_MARKERS = ("maximum queue size",)

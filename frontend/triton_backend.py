@@ -31,6 +31,10 @@ CHANNEL_ARGS = [
 
 
 _INVALID_INPUT = re.compile(r"invalid input '(?P<name>\w+)': (?P<detail>.*)", re.DOTALL)
+# Failures that prove the model cannot serve until Triton restarts: a dead stub ("Stub process '...' is not
+# healthy."), or a model that says it is not healthy (its step engine died). The liveness canary
+# (docker/triton_canary.py, stdlib only, in the Triton image) keeps the same tuple: tests/unit/test_one_source.py.
+FATAL_MARKERS = ("is not healthy", "Stub process")
 
 
 def build_inputs(job: GenerationInput) -> list[grpcclient.InferInput]:
@@ -54,7 +58,7 @@ def map_error(exc: InferenceServerException) -> ApiError:
         return BackendTimeout("the model did not answer in time")
     if "maximum queue size" in message:
         return BackendUnavailable("the model's queue is full; retry later", retry_after_s=2)
-    if "UNAVAILABLE" in status or "is not healthy" in message or "not ready" in message or "NOT_FOUND" in status:
+    if "UNAVAILABLE" in status or is_death(exc) or "not ready" in message or "NOT_FOUND" in status:
         return BackendUnavailable("the model is not available; retry later")
     return GenerationFailed("the model failed to generate the images")
 
@@ -62,7 +66,7 @@ def map_error(exc: InferenceServerException) -> ApiError:
 def is_death(exc: InferenceServerException) -> bool:
     """A failure that proves the model cannot serve until Triton restarts: a dead stub, or no server."""
     message = exc.message() or ""
-    return "is not healthy" in message or "Stub process" in message or "UNAVAILABLE" in str(exc.status() or "")
+    return any(marker in message for marker in FATAL_MARKERS) or "UNAVAILABLE" in str(exc.status() or "")
 
 
 # A progress read is a file read in the model server: past this it is not worth waiting for.

@@ -68,6 +68,7 @@ class InferenceRequest:
     # Cancelled from the n-th time the model asks on (a client that gives up while its request runs).
     cancelled_from_check: int | None = None
     checks: int = 0
+    timeout_us: int = 0  # the request's own Triton timeout (the frontend's Cancel-After); 0 = none
 
     def is_cancelled(self) -> bool:
         self.checks += 1
@@ -78,14 +79,25 @@ class InferenceRequest:
     def request_id(self) -> str:
         return self.id
 
+    def timeout(self) -> int:
+        return self.timeout_us
+
     def get_response_sender(self) -> ResponseSender:
         return self.sender
 
 
-@dataclass
 class InferenceResponse:
-    output_tensors: list[Tensor] = field(default_factory=list)
-    error: TritonError | None = None
+    """As the real one: the error is read with ``error()`` (a method, not an attribute) or ``has_error()``."""
+
+    def __init__(self, output_tensors: list[Tensor] | None = None, error: TritonError | None = None) -> None:
+        self.output_tensors = list(output_tensors or [])
+        self._error = error
+
+    def has_error(self) -> bool:
+        return self._error is not None
+
+    def error(self) -> TritonError | None:
+        return self._error
 
     def output(self, name: str) -> np.ndarray:
         return next(t.array for t in self.output_tensors if t.name == name)

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import json
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,76 +9,12 @@ import numpy as np
 import pytest
 
 from . import fake_pb_utils as pb
-
-MODEL_DIR = Path(__file__).resolve().parents[2] / "model_repository" / "sd_img2img"
-CONFIG = MODEL_DIR / "config.pbtxt"
-
-
-def model_config(**parameters: str) -> dict[str, Any]:
-    values = {"determinism": "batch_invariant", "max_images_per_call": "16"} | parameters
-    return {"name": "sd_img2img", "parameters": {k: {"string_value": v} for k, v in values.items()}}
-
-
-@pytest.fixture(scope="module")
-def model_module() -> Iterator[Any]:
-    sys.modules["triton_python_backend_utils"] = pb.as_module()
-    spec = importlib.util.spec_from_file_location("sd_img2img_model", MODEL_DIR / "1" / "model.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("triton_python_backend_utils", None)
-
-
-@pytest.fixture(scope="module")
-def model(model_module: Any, tiny_model_path: Path, monkeypatch_module: pytest.MonkeyPatch) -> Any:
-    monkeypatch_module.setenv("SD_MODEL_PATH", str(tiny_model_path))
-    instance = model_module.TritonPythonModel()
-    instance.initialize(
-        {"model_config": json.dumps(model_config()), "model_name": "sd_img2img", "model_instance_kind": "CPU"}
-    )
-    return instance
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module() -> Iterator[pytest.MonkeyPatch]:
-    with pytest.MonkeyPatch.context() as patch:
-        yield patch
-
-
-IMAGE = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
-
-
-def request(
-    *, seed: int = 1, size: int = 16, n: int = 1, strength: float = 0.5, cancelled: bool = False, **extra: np.ndarray
-) -> pb.InferenceRequest:
-    image = IMAGE if size == 16 else np.resize(IMAGE, (size, size, 3))
-    inputs = {
-        "prompt": np.array([[b"a cat"]], dtype=object),
-        "image": image[np.newaxis],
-        "strength": np.array([[strength]], np.float32),
-        "num_inference_steps": np.array([[4]], np.int32),
-        "num_images_per_prompt": np.array([[n]], np.int32),
-        "seed": np.array([[seed]], np.int64),
-    } | extra
-    return pb.InferenceRequest(inputs, cancelled)
+from .support import answer, make_model, request
 
 
 def own_metrics(name: str) -> list[pb.Metric]:
     """The metrics named ``name`` of the ``model`` fixture's instance (the only one named sd_img2img)."""
     return [m for m in pb.Metric.made if m.name == name and m.labels["model"] == "sd_img2img"]
-
-
-def answer(model: Any, requests: list[pb.InferenceRequest], timeout_s: float = 120) -> list[pb.InferenceResponse]:
-    """What the model answered each request: returned by ``execute`` (request batching), or sent through
-    each request's response sender (step batching, where ``execute`` returns None)."""
-    returned = model.execute(requests)
-    if returned is not None:
-        return list(returned)
-    for r in requests:
-        assert r.sender.final.wait(timeout_s), "the model never sent a final response"
-    assert all(len(r.sender.responses) == 1 for r in requests)
-    return [r.sender.responses[0] for r in requests]
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +25,7 @@ def request_model(model_module: Any, tiny_model_path: Path, monkeypatch_module: 
 
 def test_one_response_per_request_in_order_with_right_shapes(model: Any) -> None:
     responses = answer(model, [request(seed=5, n=2), request(size=24, seed=9), request(seed=11)])
-    assert len(responses) == 3 and all(r.error is None for r in responses)
+    assert len(responses) == 3 and all(r.error() is None for r in responses)
     assert responses[0].output("images").shape == (1, 2, 16, 16, 3)
     assert responses[0].output("seeds").tolist() == [[5, 6]]
     assert responses[1].output("images").shape == (1, 1, 24, 24, 3)
@@ -102,9 +34,9 @@ def test_one_response_per_request_in_order_with_right_shapes(model: Any) -> None
 
 def test_bad_request_gets_invalid_arg_and_neighbours_succeed(model: Any) -> None:
     responses = answer(model, [request(seed=1), request(strength=1.5), request(seed=2)])
-    assert responses[0].error is None and responses[2].error is None
-    assert responses[1].error.code() == pb.TritonError.INVALID_ARG
-    assert responses[1].error.message() == "invalid input 'strength': must be in [0.0, 1.0] but is 1.5"
+    assert responses[0].error() is None and responses[2].error() is None
+    assert responses[1].error().code() == pb.TritonError.INVALID_ARG
+    assert responses[1].error().message() == "invalid input 'strength': must be in [0.0, 1.0] but is 1.5"
 
 
 def test_compatible_requests_share_one_pipeline_call(request_model: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -118,7 +50,7 @@ def test_compatible_requests_share_one_pipeline_call(request_model: Any, monkeyp
 
     monkeypatch.setattr(model.runner, "run", counting_run)
     responses = answer(model, [request(seed=1), request(size=24), request(seed=3), request(seed=4, strength=0.75)])
-    assert all(r.error is None for r in responses)
+    assert all(r.error() is None for r in responses)
     assert calls == [[0, 2], [1], [3]]
 
 
@@ -133,9 +65,9 @@ def test_a_failing_call_fails_only_its_own_requests(request_model: Any, monkeypa
 
     monkeypatch.setattr(model.runner, "run", failing_for_24px)
     responses = answer(model, [request(seed=1), request(size=24), request(seed=3)])
-    assert responses[0].error is None and responses[2].error is None
-    assert responses[1].error.code() == pb.TritonError.INTERNAL
-    assert "out of memory" in responses[1].error.message()
+    assert responses[0].error() is None and responses[2].error() is None
+    assert responses[1].error().code() == pb.TritonError.INTERNAL
+    assert "out of memory" in responses[1].error().message()
 
 
 def test_every_denoising_step_moves_the_step_metric(model: Any) -> None:
@@ -171,20 +103,20 @@ def test_the_executing_gauge_counts_the_requests_inside_execute_and_is_zero_afte
 
 def test_cancelled_request_is_answered_cancelled_and_others_run(model: Any) -> None:
     responses = answer(model, [request(seed=1, cancelled=True), request(seed=2)])
-    assert responses[0].error.code() == pb.TritonError.CANCELLED
-    assert responses[1].error is None
+    assert responses[0].error().code() == pb.TritonError.CANCELLED
+    assert responses[1].error() is None
 
 
 def test_request_batching_stops_a_call_whose_every_request_was_cancelled_mid_call(request_model: Any) -> None:
     """Cancelled after it started (the pre-call check saw it live): the pipeline stops at the next step."""
     full, cancelled = request(seed=21), request(seed=21)
     before = request_model.steps.value
-    assert answer(request_model, [full])[0].error is None
+    assert answer(request_model, [full])[0].error() is None
     steps_full = request_model.steps.value - before
     cancelled.cancelled_from_check = 2  # 1: the pre-call check; 2: the first step's
     before = request_model.steps.value
     response = answer(request_model, [cancelled])[0]
-    assert response.error.code() == pb.TritonError.CANCELLED
+    assert response.error().code() == pb.TritonError.CANCELLED
     assert 0 < request_model.steps.value - before < steps_full  # stopped, not run to the end
 
 
@@ -195,15 +127,8 @@ def test_request_batching_answers_cancelled_a_request_cancelled_while_its_neighb
     gone, stays = request(seed=31), request(seed=32)
     gone.cancelled_from_check = 2
     responses = answer(request_model, [gone, stays])
-    assert responses[0].error.code() == pb.TritonError.CANCELLED
-    assert responses[1].error is None and responses[1].output("seeds").tolist() == [[32]]
-
-
-def make_model(module: Any, **parameters: str) -> Any:
-    instance = module.TritonPythonModel()
-    config = model_config(**parameters)
-    instance.initialize({"model_config": json.dumps(config), "model_name": "m", "model_instance_kind": "CPU"})
-    return instance
+    assert responses[0].error().code() == pb.TritonError.CANCELLED
+    assert responses[1].error() is None and responses[1].output("seeds").tolist() == [[32]]
 
 
 @pytest.mark.parametrize("determinism", ["batch_invariant", "per_image"])
@@ -228,10 +153,10 @@ def test_config_parameters_reach_the_model(
     monkeypatch.setenv("SD_MODEL_PATH", str(tiny_model_path))
     instance = make_model(model_module, max_image_side="32", max_images_per_prompt="2", max_images_per_call="2")
     responses = answer(instance, [request(size=40), request(n=3), request(size=8)])
-    assert "height must be in [16, 32] but is 40" in responses[0].error.message()
-    assert "[1, 2] but is 3" in responses[1].error.message()
+    assert "height must be in [16, 32] but is 40" in responses[0].error().message()
+    assert "[1, 2] but is 3" in responses[1].error().message()
     # The tiny UNet halves an 8x-downscaled latent once: below 16 px its GroupNorms would see 1x1 maps.
-    assert "height must be in [16, 32] but is 8" in responses[2].error.message()
+    assert "height must be in [16, 32] but is 8" in responses[2].error().message()
 
 
 @pytest.mark.parametrize(

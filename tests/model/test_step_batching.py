@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 import torch
 from denoiser import StepDenoiser
+from diffusers import EulerDiscreteScheduler
 from engine import Callbacks, StepEngine
 
 from img2img_pipeline import Img2ImgRunner
-from img2img_requests import Img2ImgRequest
+from img2img_requests import GroupKey, Img2ImgRequest, PipelineCall
 
 IMAGE = np.random.default_rng(3).integers(0, 256, (32, 32, 3), dtype=np.uint8)
 
@@ -45,17 +46,29 @@ def runner(tiny_model_path: Path) -> Iterator[Img2ImgRunner]:
 MEMBERS: list[set[int]] = []
 
 
-def run(runner: Img2ImgRunner, arrivals: list[tuple[int, Img2ImgRequest]]) -> tuple[dict[int, np.ndarray], list[int]]:
-    """Submit each request before tick ``at``; returns each request's images and the rows of every forward."""
+def run(
+    runner: Img2ImgRunner,
+    arrivals: list[tuple[int, Img2ImgRequest]],
+    schedulers: dict[str, Any] | None = None,
+    failed: dict[int, str] | None = None,
+) -> tuple[dict[int, np.ndarray], list[int]]:
+    """Submit each request before tick ``at``; returns each request's images and the rows of every forward.
+    A failed request fails the test, unless ``failed`` is given: then its message is put there."""
     images: dict[int, np.ndarray] = {}
     rows: list[int] = []
     MEMBERS.clear()
+
+    def fail(index: int, message: str) -> None:
+        if failed is None:
+            pytest.fail(message)
+        failed[index] = message
+
     engine = StepEngine(
-        StepDenoiser(runner.pipe, runner.schedulers),
+        StepDenoiser(runner.pipe, schedulers or runner.schedulers),
         max_rows=64,
         callbacks=Callbacks(
             answer=lambda job, out: images.__setitem__(job.request.index, out),
-            fail=lambda job, message: pytest.fail(message),
+            fail=lambda job, message: fail(job.request.index, message),
             cancelled=lambda job: None,
             on_tick=lambda jobs, n: (rows.append(n), MEMBERS.append({job.request.index for job in jobs})),
         ),
@@ -115,10 +128,64 @@ def test_neighbours_of_other_settings_share_one_forward_per_step(runner: Img2Img
 
 def test_step_batching_gives_the_bytes_of_a_whole_pipeline_call(runner: Img2ImgRunner) -> None:
     """The denoiser is diffusers' img2img loop cut at the step: same bytes as one ``pipe(...)`` call."""
-    from img2img_requests import GroupKey, PipelineCall
-
     probe = req(0, seed=5, num_images_per_prompt=2, scheduler="euler_a")
     stepped, _ = run(runner, [(0, probe)])
     key = GroupKey(32, 32, probe.num_inference_steps, probe.strength, probe.guidance_scale, probe.scheduler)
     whole = runner.run(PipelineCall(key, (probe,)))
     assert stepped[0].tobytes() == whole.tobytes()
+
+
+class RaisingScheduler(EulerDiscreteScheduler):
+    """Raises at its third step, as a scheduler can at an edge timestep."""
+
+    def step(self, *args: Any, **kwargs: Any) -> Any:
+        self.steps_taken = getattr(self, "steps_taken", 0) + 1  # per request: each has its own copy
+        if self.steps_taken == 3:
+            raise IndexError("index 11 is out of bounds for dimension 0 with size 11")
+        return super().step(*args, **kwargs)
+
+
+def test_a_scheduler_raising_for_one_request_fails_only_it_and_its_neighbours_bytes_do_not_move(
+    runner: Img2ImgRunner,
+) -> None:
+    schedulers = runner.schedulers | {"raising": RaisingScheduler.from_config(runner.schedulers[""].config)}
+    neighbours = [
+        req(0, seed=1, num_inference_steps=6, scheduler="euler"),
+        req(1, seed=2, num_inference_steps=6, scheduler="ddim", guidance_scale=1.0),
+    ]
+    failed: dict[int, str] = {}
+    images, _ = run(runner, [(0, neighbours[0]), (0, req(2, seed=3, scheduler="raising")), (0, neighbours[1])],
+                    schedulers, failed)  # fmt: skip
+    assert failed == {2: "generation failed: IndexError: index 11 is out of bounds for dimension 0 with size 11"}
+    assert MEMBERS[2] == {0, 1, 2} and MEMBERS[3] == {0, 1}  # it shared the forward it failed after
+    for neighbour in neighbours:
+        alone, _ = run(runner, [(0, neighbour)])
+        assert images[neighbour.index].tobytes() == alone[neighbour.index].tobytes()
+
+
+def test_every_accepted_scheduler_gives_its_alone_bytes_joined_mid_batch(runner: Img2ImgRunner) -> None:
+    """Second-order schedulers (Heun, KDPM2: two forwards a step, ``t_start * order`` where strength cuts the
+    schedule) included; alone, each gives the bytes of one whole pipeline call."""
+    classes = {type(scheduler).__name__: name for name, scheduler in sorted(runner.schedulers.items()) if name}
+    # Every scheduler the API accepts is here: one a diffusers upgrade adds fails this test until it is checked.
+    assert sorted(classes) == [
+        "DDIMScheduler", "DDPMScheduler", "DEISMultistepScheduler", "DPMSolverMultistepScheduler",
+        "DPMSolverSinglestepScheduler", "EulerAncestralDiscreteScheduler", "EulerDiscreteScheduler",
+        "HeunDiscreteScheduler", "KDPM2AncestralDiscreteScheduler", "KDPM2DiscreteScheduler",
+        "LMSDiscreteScheduler", "PNDMScheduler", "UniPCMultistepScheduler",
+    ]  # fmt: skip
+    probes = [
+        req(10 + i, seed=40 + i, size=16, num_inference_steps=7, strength=0.6, scheduler=name)
+        for i, name in enumerate(classes.values())
+    ]
+    neighbour = req(0, seed=1, size=16, num_inference_steps=12, strength=1.0, guidance_scale=3.0)
+    # The neighbour runs first; each probe joins its running batch a tick after the one before.
+    joined, _ = run(runner, [(0, neighbour)] + [(1 + i, probe) for i, probe in enumerate(probes)])
+    for i, probe in enumerate(probes):  # its first forward was a running batch's
+        assert probe.index in MEMBERS[1 + i] and len(MEMBERS[1 + i]) > 1, probe.scheduler
+    for probe in probes:
+        alone, _ = run(runner, [(0, probe)])
+        assert joined[probe.index].tobytes() == alone[probe.index].tobytes(), probe.scheduler
+        key = GroupKey(16, 16, probe.num_inference_steps, probe.strength, probe.guidance_scale, probe.scheduler)
+        whole = runner.run(PipelineCall(key, (probe,)))
+        assert alone[probe.index].tobytes() == whole.tobytes(), probe.scheduler

@@ -1,13 +1,16 @@
-"""The step scheduler on a fake denoiser: admission, fairness between sizes, cancel and failure per request."""
+"""The step scheduler on a fake denoiser: admission, fairness between sizes, cancel and failure per request,
+waiting requests under the queue policy, and a stopped or dead engine."""
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+import threading
+from collections.abc import Hashable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from engine import Callbacks, StepEngine, StepPlanner
+from engine import Callbacks, EngineStopped, StepEngine, StepPlanner
 
 
 @dataclass(frozen=True)
@@ -31,7 +34,9 @@ class FakeDenoiser:
     clock: list[float]
     cost: dict[int, float] = field(default_factory=dict)
     forwards: list[list[str]] = field(default_factory=list)
-    fail_on: str | None = None
+    fail_on: str | None = None  # the shared forward raises when this request is in it
+    own_step_fails: str | None = None  # this request's own scheduler step raises (at its second step)
+    broken: dict[str, str] = field(default_factory=dict)  # "progress"/"done" -> the request it raises for
 
     def rows(self, request: Req) -> int:
         return request.rows
@@ -42,55 +47,90 @@ class FakeDenoiser:
     def admit(self, requests: Sequence[Req]) -> list[FakeFlight]:
         return [FakeFlight(r) for r in requests]
 
-    def step(self, flights: Sequence[FakeFlight]) -> None:
+    def step(self, flights: Sequence[FakeFlight]) -> list[Exception | None]:
         names = [f.req.name for f in flights]
         self.forwards.append(names)
         self.clock[0] += self.cost.get(flights[0].req.size, 1.0)
         if self.fail_on in names:
             raise RuntimeError("out of memory")
+        failures: list[Exception | None] = []
         for f in flights:
+            if f.req.name == self.own_step_fails and f.done == 1:
+                failures.append(IndexError("index 11 is out of bounds for dimension 0 with size 11"))
+                continue
             f.done += 1
+            failures.append(None)
+        return failures
 
     def done(self, flight: FakeFlight) -> bool:
+        breaks(self.broken, "done", flight.req.name)
         return flight.done >= flight.req.steps
 
     def progress(self, flight: FakeFlight) -> tuple[int, int]:
+        breaks(self.broken, "progress", flight.req.name)
         return flight.done, flight.req.steps
 
     def decode(self, flights: Sequence[FakeFlight]) -> list[Any]:
         return [f"image of {f.req.name}" for f in flights]
 
 
+def breaks(broken: dict[str, str], where: str, name: str) -> None:
+    if broken.get(where) == name:
+        raise RuntimeError(f"{where} broke")
+
+
 class Harness:
-    def __init__(self, max_rows: int = 8, **denoiser: Any) -> None:
+    def __init__(self, max_rows: int = 8, broken: dict[str, str] | None = None, **denoiser: Any) -> None:
         self.clock = [0.0]
-        self.denoiser = FakeDenoiser(self.clock, **denoiser)
+        # Callback (or denoiser method) -> the request it raises for.
+        self.broken = broken or {}
+        self.denoiser = FakeDenoiser(self.clock, broken=self.broken, **denoiser)
         self.answers: dict[str, Any] = {}
+        self.said: list[tuple[str, Any]] = []  # every answer, in order: each request must appear once
         self.finished_at: dict[str, int] = {}
         self.cancel: set[str] = set()
+        self.asked: list[str] = []  # is_cancelled calls
         self.progress: list[tuple[str, int, int]] = []
+        self.logged: list[str] = []
         self.ticks = 0
 
-        def record(name: str, value: Any) -> None:
+        def record(name: str, value: Any, where: str) -> None:
+            breaks(self.broken, where, name)
+            self.said.append((name, value))
             self.answers[name] = value
             self.finished_at[name] = self.ticks
+
+        def is_cancelled(name: str) -> bool:
+            breaks(self.broken, "is_cancelled", name)
+            self.asked.append(name)
+            return name in self.cancel
+
+        def on_progress(name: str, done: int, total: int) -> None:
+            breaks(self.broken, "on_progress", name)
+            self.progress.append((name, done, total))
+
+        def on_tick(jobs: Sequence[Any], rows: int) -> None:
+            breaks(self.broken, "on_tick", jobs[0].handle)
 
         self.engine = StepEngine(
             self.denoiser,
             max_rows,
             Callbacks(
-                answer=lambda job, images: record(job.handle, images),
-                fail=lambda job, message: record(job.handle, f"failed: {message}"),
-                cancelled=lambda job: record(job.handle, "cancelled"),
-                is_cancelled=lambda job: job.handle in self.cancel,
-                on_progress=lambda job, done, total: self.progress.append((job.handle, done, total)),
+                answer=lambda job, images: record(job.handle, images, "answer"),
+                fail=lambda job, message: record(job.handle, f"failed: {message}", "fail"),
+                cancelled=lambda job: record(job.handle, "cancelled", "cancelled"),
+                timed_out=lambda job: record(job.handle, "timed out", "timed_out"),
+                is_cancelled=lambda job: is_cancelled(job.handle),
+                on_tick=on_tick,
+                on_progress=lambda job, done, total: on_progress(job.handle, done, total),
+                log_error=self.logged.append,
             ),
             clock=lambda: self.clock[0],
         )
 
-    def submit(self, *reqs: Req) -> None:
+    def submit(self, *reqs: Req, timeout_s: float | None = None) -> None:
         for r in reqs:
-            self.engine.submit(r, r.name)
+            self.engine.submit(r, r.name, timeout_s)
 
     def run(self, ticks: int | None = None) -> None:
         n = 0
@@ -178,6 +218,161 @@ def test_a_failing_forward_fails_only_the_requests_in_it() -> None:
     h.run()
     assert h.answers["bad"].startswith("failed: generation failed: RuntimeError: out of memory")
     assert h.answers["fine"] == "image of fine"
+
+
+def test_one_requests_own_scheduler_step_failing_fails_only_it() -> None:
+    h = Harness(own_step_fails="bad")
+    h.submit(Req("left", 4), Req("bad", 4), Req("right", 4))
+    h.run()
+    assert h.answers == {
+        "left": "image of left",
+        "bad": "failed: generation failed: IndexError: index 11 is out of bounds for dimension 0 with size 11",
+        "right": "image of right",
+    }
+    assert h.finished_at["bad"] == 2  # failed at its second step; the others shared it and went on
+    assert h.denoiser.forwards == [["left", "bad", "right"]] * 2 + [["left", "right"]] * 2
+
+
+@pytest.mark.parametrize("where", ["is_cancelled", "on_progress", "progress", "done", "answer"])
+def test_a_raising_callback_fails_only_its_own_request_and_the_engine_goes_on(where: str) -> None:
+    h = Harness(broken={where: "bad"})
+    h.submit(Req("left", 3), Req("bad", 3), Req("right", 3))
+    h.run(1)
+    h.submit(Req("late", 2))  # joins after the failure: the engine still runs
+    h.run()
+    assert h.answers.pop("bad") == f"failed: generation failed: RuntimeError: {where} broke"
+    assert h.answers == {name: f"image of {name}" for name in ("left", "right", "late")}
+    assert sorted(name for name, _ in h.said) == ["bad", "late", "left", "right"]  # each answered once
+
+
+def test_a_raising_on_tick_is_logged_and_fails_nobody() -> None:
+    h = Harness(broken={"on_tick": "a"})
+    h.submit(Req("a", 2), Req("b", 2))
+    h.run()
+    assert h.answers == {"a": "image of a", "b": "image of b"}
+    assert h.logged == ["step engine: on_tick failed: RuntimeError('on_tick broke')"] * 2
+
+
+def test_a_request_that_cannot_be_answered_even_with_an_error_is_logged_and_dropped() -> None:
+    h = Harness(broken={"answer": "bad", "fail": "bad"})
+    h.submit(Req("bad", 2), Req("good", 3))
+    h.run()
+    assert h.answers == {"good": "image of good"}
+    assert len(h.logged) == 1 and "could not answer a request" in h.logged[0] and "fail broke" in h.logged[0]
+    assert h.engine.planner.jobs == 0  # its rows are free
+
+
+def test_a_cancelled_waiting_request_leaves_at_the_next_step_and_frees_its_rows() -> None:
+    h = Harness(max_rows=4)
+    h.submit(Req("running", 6), Req("big", 2, rows=4))  # "big" does not fit beside "running"
+    h.run(1)
+    held = threading.Event()
+    # Triton's execute(): blocked while "big" waits.
+    execute = threading.Thread(target=lambda: h.engine.wait_for_room() and held.set(), daemon=True)
+    execute.start()
+    assert not held.wait(0.05)
+    h.cancel.add("big")
+    h.run(1)
+    assert h.said == [("big", "cancelled")] and h.finished_at["big"] == 2  # not when it reached the head (tick 7)
+    assert held.wait(5) and h.engine.stats()["rows_waiting"] == 0
+    h.run()
+    assert h.answers["running"] == "image of running"
+
+
+def test_a_waiting_request_past_its_timeout_leaves_timed_out_and_a_running_one_never_does() -> None:
+    h = Harness(max_rows=4)
+    h.submit(Req("running", 6), timeout_s=0.5)  # admitted at once: a queue timeout bounds waiting only
+    h.submit(Req("big", 2, rows=4), timeout_s=2.5)  # each step costs 1.0 of the fake clock
+    h.run()
+    assert h.said == [("big", "timed out"), ("running", "image of running")]
+    assert h.finished_at["big"] == 4  # the first tick at or past its deadline (clock 3.0)
+
+
+def test_a_timed_out_request_is_failed_when_no_timed_out_callback_is_given() -> None:
+    h = Harness(max_rows=4)
+    h.engine.callbacks.timed_out = None
+    h.submit(Req("running", 3))
+    h.submit(Req("big", 1, rows=4), timeout_s=0.5)
+    h.run()
+    assert h.answers["big"] == "failed: timed out while waiting for rows"
+
+
+def test_waiting_requests_are_asked_whether_cancelled_at_most_every_recheck_interval() -> None:
+    h = Harness(max_rows=2, cost={64: 0.01})
+    h.submit(Req("running", 20), Req("waiting", 1))
+    h.run(20)
+    # Each ask is an IPC to Triton: 20 ticks of 10 ms, asked every 50 ms (the running one: every tick).
+    assert h.asked.count("waiting") == 4
+
+
+@contextmanager
+def tick_held_in(h: Harness, method: str) -> Iterator[None]:
+    """One tick on its own thread (the engine's), held inside the denoiser's ``method`` while the block runs:
+    what another thread (finalize, execute) sees meanwhile. Then the tick goes on to its end."""
+    inside, release = threading.Event(), threading.Event()
+    original = getattr(h.denoiser, method)
+
+    def held(*args: Any) -> Any:
+        inside.set()
+        release.wait(5)
+        return original(*args)
+
+    setattr(h.denoiser, method, held)
+    engine_thread = threading.Thread(target=h.engine.tick, daemon=True)
+    engine_thread.start()
+    assert inside.wait(5)
+    try:
+        yield
+    finally:
+        release.set()
+        engine_thread.join(5)
+
+
+def test_stop_during_a_tick_answers_each_job_once_and_posts_no_progress_after() -> None:
+    """finalize: stop() from Triton's thread while the engine thread is inside a forward."""
+    h = Harness()
+    h.submit(Req("ends", 2), Req("goes_on", 5))
+    h.run(1)
+    with tick_held_in(h, "step"):
+        handed_back = h.engine.stop()
+        posts = len(h.progress)
+    assert sorted(job.handle for job in handed_back) == ["ends", "goes_on"]
+    assert h.said == [] and len(h.progress) == posts  # the engine thread let them go: no answer, no post
+    assert h.engine.stop() == []  # nothing is handed back twice
+
+
+def test_stop_hands_back_the_jobs_being_admitted() -> None:
+    h = Harness()
+    h.submit(Req("a", 2))
+    with tick_held_in(h, "admit"):
+        handed_back = h.engine.stop()
+    assert [job.handle for job in handed_back] == ["a"] and h.said == []
+    assert h.engine.planner.jobs == 0
+
+
+def test_wait_for_room_counts_the_rows_of_jobs_being_admitted() -> None:
+    """Off the waiting line, not yet active: execute() must still hold Triton's next batch meanwhile."""
+    h = Harness(max_rows=2)
+    h.submit(Req("a", 2), Req("b", 2))
+    with tick_held_in(h, "admit"):
+        assert not h.engine.wait_for_room(timeout_s=0)
+
+
+def test_a_dead_engine_refuses_new_work_at_once_and_hands_back_what_it_held() -> None:
+    h = Harness(max_rows=2)
+
+    def broken_tick() -> bool:
+        raise RuntimeError("planner corrupted")
+
+    h.submit(Req("a", 3), Req("b", 3))  # "b" waits for rows: execute() would be blocked
+    h.engine.tick = broken_tick  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="planner corrupted"):
+        h.engine.run()
+    assert isinstance(h.engine.failure, RuntimeError) and h.engine.stopped
+    assert h.engine.wait_for_room() is False  # returns at once: execute() does not hold Triton's queue
+    with pytest.raises(EngineStopped, match="planner corrupted"):
+        h.submit(Req("late", 1))
+    assert sorted(job.handle for job in h.engine.stop()) == ["a", "b"]
 
 
 def test_wait_for_room_holds_only_while_waiting_requests_do_not_fit() -> None:

@@ -108,3 +108,15 @@ def test_openapi_and_the_user_agent_carry_the_packages_version(tmp_path: Path) -
     settings = Settings(data_dir=tmp_path / "data", api_keys="sk-a")  # type: ignore[arg-type]
     assert openapi_document(settings)["info"]["version"] == declared
     assert user_agent() == f"sd-img2img/{declared}"
+
+
+# -- death: the words that prove the model cannot serve, to the frontend, the liveness canary and the model ------
+def test_the_frontend_and_the_canary_call_the_same_failures_death_and_the_model_uses_them() -> None:
+    from embedded.supervisor import canary  # docker/triton_canary.py: stdlib only, alone in the Triton image
+    from frontend.triton_backend import FATAL_MARKERS
+
+    assert FATAL_MARKERS == canary.FATAL_MARKERS
+    model = (ROOT / "model_repository" / "sd_img2img" / "1" / "model.py").read_text()
+    said = re.search(r'^FATAL_MARKER = "([^"]+)"$', model, re.MULTILINE)
+    assert said is not None, "model.py no longer declares FATAL_MARKER"
+    assert said.group(1) in canary.FATAL_MARKERS  # what a model whose step engine died says

@@ -152,9 +152,13 @@ class StepDenoiser:
         return flight.index, len(flight.timesteps)
 
     @torch.inference_mode()
-    def step(self, flights: Sequence[Flight]) -> None:
+    def step(self, flights: Sequence[Flight]) -> list[Exception | None]:
         """One denoising step of every flight: one UNet forward over all their rows, each row at its own
-        request's timestep, then per request the guidance combine and its scheduler's step."""
+        request's timestep, then per request the guidance combine and its scheduler's step.
+
+        A failing forward raises (it fails every flight in it). After it, each flight's own step is
+        guarded on its own: a scheduler that raises for one request (say at an edge timestep) fails that
+        request only, reported in the returned list (None for a flight that stepped)."""
         inputs, timesteps, contexts = [], [], []
         for flight in flights:
             t = flight.timesteps[flight.index]
@@ -164,18 +168,29 @@ class StepDenoiser:
             contexts.append(flight.embeddings)
         sample, timestep, context = torch.cat(inputs), torch.cat(timesteps), torch.cat(contexts)
         noise = self._forward(sample, timestep, context, flights)
+        failures: list[Exception | None] = []
         start = 0
         for flight in flights:
             own = noise[start : start + flight.rows]
             start += flight.rows
-            if flight.guided:
-                uncond, text = own[0::2], own[1::2]
-                own = uncond + flight.request.guidance_scale * (text - uncond)
-            t = flight.timesteps[flight.index]
-            out = flight.scheduler.step(own, t, flight.latents, **flight.step_kwargs, return_dict=True)
-            flight.estimate = self._estimate(flight, own, t, getattr(out, "pred_original_sample", None))
-            flight.latents = out.prev_sample
-            flight.index += 1
+            try:
+                self._own_step(flight, own)
+            except Exception as exc:
+                failures.append(exc)
+            else:
+                failures.append(None)
+        return failures
+
+    def _own_step(self, flight: Flight, own: torch.Tensor) -> None:
+        """What the pipeline does after its UNet call, for one request on its own rows."""
+        if flight.guided:
+            uncond, text = own[0::2], own[1::2]
+            own = uncond + flight.request.guidance_scale * (text - uncond)
+        t = flight.timesteps[flight.index]
+        out = flight.scheduler.step(own, t, flight.latents, **flight.step_kwargs, return_dict=True)
+        flight.estimate = self._estimate(flight, own, t, getattr(out, "pred_original_sample", None))
+        flight.latents = out.prev_sample
+        flight.index += 1
 
     @staticmethod
     def _estimate(flight: Flight, noise: torch.Tensor, t: torch.Tensor, predicted: torch.Tensor | None) -> torch.Tensor:

@@ -13,10 +13,17 @@ time and none starves, whatever the ratio of their step costs.
 ``StepEngine`` runs ticks on a ``Denoiser`` (``denoiser.py`` in the model, a fake in the unit tests) and
 reports through callbacks; ``model.py`` drives it from one thread and turns the callbacks into Triton
 responses.
+
+Failures stay with the request they belong to: a failing shared forward fails the requests in it, a
+request's own scheduler step or callback fails that request, and the engine goes on. Only a failure of
+the engine itself (a bug in this file) stops it; then ``failure`` says why and ``submit`` refuses, so the
+caller can answer at once instead of queueing work nobody will run.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import queue
 import threading
 import time
@@ -28,6 +35,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 Flight = TypeVar("Flight")
 T = TypeVar("T")
+_log = logging.getLogger(__name__)
 
 
 class Denoiser(Protocol[Flight]):
@@ -45,8 +53,10 @@ class Denoiser(Protocol[Flight]):
         """Encode prompts and images, draw the initial noise: one in-flight state per request."""
         ...
 
-    def step(self, flights: Sequence[Flight]) -> None:
-        """One UNet forward over every flight's rows, then each request's own scheduler step."""
+    def step(self, flights: Sequence[Flight]) -> Sequence[Exception | None]:
+        """One UNet forward over every flight's rows, then each request's own scheduler step. Raises when
+        the shared forward fails (every flight in it fails); else, per flight, the exception its own step
+        raised, or None."""
         ...
 
     def done(self, flight: Flight) -> bool: ...
@@ -60,6 +70,10 @@ class Denoiser(Protocol[Flight]):
         ...
 
 
+class EngineStopped(RuntimeError):
+    """``submit`` after the engine stopped: unloading, or dead (``StepEngine.failure`` says why)."""
+
+
 @dataclass(eq=False)
 class Job(Generic[Flight]):
     """One request in the engine. ``handle`` is the caller's (model.py: the Triton request)."""
@@ -69,20 +83,31 @@ class Job(Generic[Flight]):
     rows: int
     group: Hashable
     flight: Flight | None = None
+    deadline: float | None = None  # engine clock: still waiting for rows then, it leaves (Triton's queue timeout)
+    # Answering a job is claimed once under ``lock`` (the engine thread and ``stop``, from another thread, can
+    # race for it), and progress is posted under it only while unclaimed, so none lands after the answer.
+    settled: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
 @dataclass
 class Callbacks:
-    """How the engine reports; every job gets exactly one of ``answer``, ``cancelled`` or ``fail``."""
+    """How the engine reports. Every job gets exactly one of ``answer``, ``fail``, ``cancelled`` or
+    ``timed_out``, unless ``stop`` hands it back to its caller. Any callback may raise: that fails its
+    own job (with ``fail``, once; a ``fail`` that raises too is logged and the job dropped), never the
+    engine or the other jobs; a raising ``on_tick`` is logged."""
 
     answer: Callable[[Job[Any], Any], None]
     fail: Callable[[Job[Any], str], None]
     cancelled: Callable[[Job[Any]], None]
+    # A job whose ``deadline`` passed while it waited for rows; None: ``fail`` with a message saying so.
+    timed_out: Callable[[Job[Any]], None] | None = None
     is_cancelled: Callable[[Job[Any]], bool] = lambda job: False
     # After every UNet forward: (the tick's jobs, rows in that forward); for metrics and the step pace.
     on_tick: Callable[[Sequence[Job[Any]], int], None] = lambda jobs, rows: None
     # After every step of a job: (job, steps done, steps in all); progress.
     on_progress: Callable[[Job[Any], int, int], None] = lambda job, done, total: None
+    log_error: Callable[[str], None] = _log.error
 
 
 @dataclass
@@ -153,6 +178,10 @@ class StepPlanner:
             self.waiting.remove(job)
 
 
+# What a job past its deadline gets when the caller gave no ``timed_out`` callback.
+TIMED_OUT = "timed out while waiting for rows"
+
+
 class StepEngine:
     """Runs ticks; thread-safe ``submit`` from Triton's ``execute``, ``tick``/``run`` from one engine thread."""
 
@@ -162,6 +191,7 @@ class StepEngine:
         max_rows: int,
         callbacks: Callbacks,
         clock: Callable[[], float] = time.perf_counter,
+        recheck_waiting_s: float = 0.05,
     ) -> None:
         self.denoiser = denoiser
         self.planner = StepPlanner(max_rows)
@@ -169,20 +199,39 @@ class StepEngine:
         self._clock = clock
         self._lock = threading.Condition()
         self._stopping = False
+        self.failure: BaseException | None = None  # what stopped ``run`` for good, if anything did
+        # Jobs taken off the waiting line and not yet active (admission runs outside the lock): ``stop``
+        # must hand them back too.
+        self._admitting: list[Job[Any]] = []
+        # Asking Triton whether a waiting request was cancelled is an IPC (40-90 us): at most this often.
+        self._recheck_waiting_s = recheck_waiting_s
+        self._waiting_checked_at = -float("inf")
 
     # -- the caller's side (any thread) --------------------------------------------------------------
 
-    def submit(self, request: Any, handle: Any) -> Job[Any]:
+    def submit(self, request: Any, handle: Any, timeout_s: float | None = None) -> Job[Any]:
+        """Queue a request. ``timeout_s``: how long it may wait for rows (not run); raises ``EngineStopped``
+        once the engine has stopped, so the caller answers at once."""
         job: Job[Any] = Job(request, handle, self.denoiser.rows(request), self.denoiser.group(request))
         with self._lock:
+            if self._stopping:
+                raise EngineStopped(f"the step engine stopped: {self.failure!r}" if self.failure else "unloading")
+            if timeout_s is not None:
+                job.deadline = self._clock() + timeout_s
             self.planner.offer(job)
             self._lock.notify_all()
         return job
 
+    @property
+    def stopped(self) -> bool:
+        return self._stopping
+
     def full(self) -> bool:
-        """Jobs wait that will not fit at the next tick (those that will fit are only waiting for it)."""
+        """Jobs wait that will not fit at the next tick (those that will fit are only waiting for it). The
+        rows of jobs being admitted count: they are off the waiting line and not yet active."""
         planner = self.planner
-        return bool(planner.waiting) and planner.rows_active + planner.rows_waiting > planner.max_rows
+        rows = planner.rows_active + sum(job.rows for job in self._admitting) + planner.rows_waiting
+        return bool(planner.waiting) and rows > planner.max_rows
 
     def wait_for_room(self, timeout_s: float | None = None) -> bool:
         """Block while jobs wait for rows (so further requests stay in Triton's queue, where its queue
@@ -205,29 +254,42 @@ class StepEngine:
             }
 
     def stop(self) -> list[Job[Any]]:
-        """Stop the loop; returns the jobs it still held (the caller answers them)."""
+        """Stop the loop; returns the jobs it still held, each claimed for the caller to answer (one the
+        engine thread is answering right now is not among them: it is answered once, by that thread)."""
         with self._lock:
             self._stopping = True
-            left = list(self.planner.waiting) + [job for jobs in self.planner.active.values() for job in jobs]
+            held = [*self._admitting, *self.planner.waiting]
+            held += [job for jobs in self.planner.active.values() for job in jobs]
             self.planner.waiting.clear()
             self.planner.active.clear()
             self._lock.notify_all()
-        return left
+        return [job for job in held if self._settle(job)]
 
     # -- the engine thread ---------------------------------------------------------------------------
 
     def run(self) -> None:
-        """Tick until ``stop``; sleeps while there is nothing to do."""
-        while True:
+        """Tick until ``stop``; sleeps while there is nothing to do. Whatever escapes a tick is the engine's
+        own failure (each request's is caught inside it): recorded in ``failure``, and the engine refuses
+        new work from then on; the caller answers the jobs ``stop`` hands back."""
+        try:
+            while True:
+                with self._lock:
+                    while not self._stopping and not self.planner.jobs:
+                        self._lock.wait()
+                    if self._stopping:
+                        return
+                self.tick()
+        except BaseException as exc:
             with self._lock:
-                while not self._stopping and not self.planner.jobs:
-                    self._lock.wait()
-                if self._stopping:
-                    return
-            self.tick()
+                self.failure = exc
+                self._stopping = True
+                self._lock.notify_all()  # wait_for_room returns: nothing will make room any more
+            raise
 
     def tick(self) -> bool:
-        """Admit what fits, run one step of one group, retire who finished. False when idle."""
+        """Drop waiting jobs that were cancelled or timed out, admit what fits, run one step of one group,
+        retire who finished. False when idle."""
+        self._drop_waiting()
         self._admit()
         with self._lock:
             group = self.planner.next_group()
@@ -237,42 +299,85 @@ class StepEngine:
             return bool(self.planner.jobs)
         started = self._clock()
         try:
-            self.denoiser.step([job.flight for job in jobs])
-        except Exception as exc:  # a failing forward fails its own requests; the others go on
+            failures = self.denoiser.step([job.flight for job in jobs])
+        except Exception as exc:  # the shared forward: it fails the requests in it; the others go on
             self._fail(jobs, exc)
             return True
         finally:
             with self._lock:
                 self.planner.charge(group, self._clock() - started)
-        self.callbacks.on_tick(jobs, sum(job.rows for job in jobs))
-        for job in jobs:
-            done, total = self.denoiser.progress(job.flight)
-            self.callbacks.on_progress(job, done, total)
-        self._retire([job for job in jobs if self.denoiser.done(job.flight)])
+        try:
+            self.callbacks.on_tick(jobs, sum(job.rows for job in jobs))
+        except Exception as exc:  # metrics and pace: not any one request's, so nobody fails
+            self._log(f"on_tick failed: {exc!r}")
+        finished = []
+        for job, failure in zip(jobs, failures, strict=True):
+            if failure is not None:  # its own guidance combine or scheduler step: only it fails
+                self._fail([job], failure)
+                continue
+            try:
+                done, total = self.denoiser.progress(job.flight)
+                with job.lock:
+                    if not job.settled:  # stop() may have claimed it meanwhile: its post would outlive it
+                        self.callbacks.on_progress(job, done, total)
+                if self.denoiser.done(job.flight):
+                    finished.append(job)
+            except Exception as exc:
+                self._fail([job], exc)
+        self._retire(finished)
         return True
+
+    def _drop_waiting(self) -> None:
+        """Waiting jobs obey Triton's queue policy here too: one past its deadline or cancelled leaves now
+        and frees its rows (``wait_for_room`` wakes), instead of holding its place until it reaches the head."""
+        now = self._clock()
+        with self._lock:
+            waiting = list(self.planner.waiting)
+        if not waiting:
+            return
+        expired = [job for job in waiting if job.deadline is not None and now >= job.deadline]
+        self._finish(expired, self._timed_out)
+        if now - self._waiting_checked_at >= self._recheck_waiting_s:
+            self._waiting_checked_at = now
+            self._drop_cancelled([job for job in waiting if job not in expired])
 
     def _admit(self) -> None:
         with self._lock:
             taken = self.planner.admissible()
             if taken:
+                self._admitting = taken
                 self._lock.notify_all()  # wait_for_room: the waiting line moved
-        live = self._drop_cancelled(taken)
-        if not live:
-            return
         try:
-            flights = self.denoiser.admit([job.request for job in live])
-        except Exception as exc:
-            self._fail(live, exc)
-            return
-        with self._lock:
-            for job, flight in zip(live, flights, strict=True):
-                job.flight = flight
-                self.planner.activate(job)
+            live = self._drop_cancelled(taken)
+            if not live:
+                return
+            try:
+                flights = self.denoiser.admit([job.request for job in live])
+            except Exception as exc:
+                self._fail(live, exc)
+                return
+            with self._lock:
+                for job, flight in zip(live, flights, strict=True):
+                    if not job.settled:  # stop() claimed it while it was being admitted
+                        job.flight = flight
+                        self.planner.activate(job)
+        finally:
+            with self._lock:
+                self._admitting = []
 
     def _drop_cancelled(self, jobs: list[Job[Any]]) -> list[Job[Any]]:
-        cancelled = [job for job in jobs if self.callbacks.is_cancelled(job)]
-        self._finish(cancelled, self.callbacks.cancelled)
-        return [job for job in jobs if job not in cancelled]
+        live = []
+        for job in jobs:
+            try:
+                cancelled = self.callbacks.is_cancelled(job)
+            except Exception as exc:
+                self._fail([job], exc)
+                continue
+            if cancelled:
+                self._finish([job], self.callbacks.cancelled)
+            else:
+                live.append(job)
+        return live
 
     def _retire(self, finished: list[Job[Any]]) -> None:
         if not finished:
@@ -285,16 +390,47 @@ class StepEngine:
         answers = dict(zip(finished, images, strict=True))
         self._finish(finished, lambda job: self.callbacks.answer(job, answers[job]))
 
+    def _timed_out(self, job: Job[Any]) -> None:
+        if self.callbacks.timed_out is None:
+            self.callbacks.fail(job, TIMED_OUT)
+        else:
+            self.callbacks.timed_out(job)
+
     def _fail(self, jobs: list[Job[Any]], exc: Exception) -> None:
         message = f"generation failed: {type(exc).__name__}: {exc}"
-        self._finish(jobs, lambda job: self.callbacks.fail(job, message))
+        self._finish(jobs, lambda job: self.callbacks.fail(job, message), fallback=False)
 
-    def _finish(self, jobs: list[Job[Any]], report: Callable[[Job[Any]], None]) -> None:
+    def _finish(self, jobs: list[Job[Any]], report: Callable[[Job[Any]], None], fallback: bool = True) -> None:
+        """Answer each job once through ``report``; if that raises, ``fail`` it instead (``fallback``),
+        and if that raises too, log and drop it: one request's answer never stops the engine."""
         for job in jobs:
-            with self._lock:
-                self.planner.remove(job)
-                self._lock.notify_all()
-            report(job)
+            if not self._settle(job):
+                continue
+            try:
+                report(job)
+            except Exception as exc:
+                if not fallback:
+                    self._log(f"could not answer a request, dropped: {exc!r}")
+                    continue
+                try:
+                    self.callbacks.fail(job, f"generation failed: {type(exc).__name__}: {exc}")
+                except Exception as again:
+                    self._log(f"could not answer a request ({exc!r}) nor fail it, dropped: {again!r}")
+
+    def _settle(self, job: Job[Any]) -> bool:
+        """Claim the right to answer ``job``: True exactly once, whichever thread asks first."""
+        with job.lock:
+            if job.settled:
+                return False
+            job.settled = True
+        with self._lock:
+            self.planner.remove(job)
+            self._lock.notify_all()  # wait_for_room: its rows are free
+        return True
+
+    def _log(self, message: str) -> None:
+        with contextlib.suppress(Exception):  # nowhere left to say it; the engine must go on
+            self.callbacks.log_error(f"step engine: {message}")
 
 
 class OwnerThread:

@@ -29,7 +29,7 @@ honour_pythonpath()
 
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
-from engine import Callbacks, Job, OwnerThread, StepEngine  # noqa: E402
+from engine import Callbacks, EngineStopped, Job, OwnerThread, StepEngine  # noqa: E402
 from model_parameters import ModelParameters, ParameterError  # noqa: E402
 from progress_board import Progress, ProgressBoard, board_folder  # noqa: E402
 from step_pace import StepPace  # noqa: E402
@@ -68,6 +68,14 @@ ROWS_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128]
 ROWS_ACTIVE_METRIC = "sd_img2img_rows_in_flight"
 ROWS_WAITING_METRIC = "sd_img2img_rows_waiting"
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+# Triton's own words for a model that cannot serve until the server restarts (a dead stub: "Stub process
+# '<instance>' is not healthy."). A model whose step engine died says them too, so the frontend
+# (triton_backend.FATAL_MARKERS: /readyz turns unready) and the liveness canary (docker/triton_canary.py
+# FATAL_MARKERS: the server is restarted) treat it as the death it is, not as one failed request.
+FATAL_MARKER = "is not healthy"
+# Triton's answer to a request whose queue timeout passed (its dynamic batcher's): the frontend maps
+# "timeout expired" to QueueDeadlineExpired, so the run is recorded aborted (it never used the model).
+TIMEOUT_EXPIRED = "Request timeout expired"
 T = TypeVar("T")
 
 
@@ -78,6 +86,27 @@ class Handle(NamedTuple):
     request: Any  # pb_utils.InferenceRequest: is_cancelled()
     sender: Any  # its response sender: the one final response
     request_id: str  # Triton's request id (the frontend's run id): where its progress is posted; "" = none
+
+
+class QueuePolicy(NamedTuple):
+    """``dynamic_batching.default_queue_policy``'s timeout, applied as Triton's queue applies it."""
+
+    default_timeout_us: int = 0
+    allow_timeout_override: bool = False
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> QueuePolicy:
+        policy = config.get("dynamic_batching", {}).get("default_queue_policy", {})
+        # Triton's JSON writes uint64 fields as strings.
+        return cls(int(policy.get("default_timeout_microseconds", 0)), bool(policy.get("allow_timeout_override")))
+
+    def timeout_s(self, request_timeout_us: int) -> float | None:
+        """Seconds the request may wait (None: forever). Triton's rule (scheduler_utils.cc, PolicyQueue::Enqueue):
+        the default, or the request's own timeout where overriding is allowed and it is shorter."""
+        timeout_us = self.default_timeout_us
+        if self.allow_timeout_override and 0 < request_timeout_us < timeout_us:
+            timeout_us = request_timeout_us
+        return timeout_us / 1e6 if timeout_us else None
 
 
 class TritonPythonModel:
@@ -101,6 +130,7 @@ class TritonPythonModel:
         except ParameterError as exc:
             raise pb_utils.TritonModelException(str(exc)) from exc
         self.parameters = parameters
+        self.queue_policy = QueuePolicy.from_config(config)
 
         # KIND_MODEL: the model places itself (on the first visible GPU, if any).
         kind = args.get("model_instance_kind")
@@ -210,9 +240,12 @@ class TritonPythonModel:
             answer=self._answer,
             fail=lambda job, message: self._send(job, self._error(message, pb_utils.TritonError.INTERNAL)),
             cancelled=lambda job: self._send(job, self._cancelled()),
+            # As Triton's queue answers it (UNAVAILABLE); the time it spent in that queue is not counted.
+            timed_out=lambda job: self._send(job, self._error(TIMEOUT_EXPIRED, pb_utils.TritonError.UNAVAILABLE)),
             is_cancelled=lambda job: bool(job.handle.request.is_cancelled()),
             on_tick=self._on_tick,
             on_progress=self._on_progress,
+            log_error=lambda message: self.logger.log_error(f"{self.model_name}: {message}"),
         )
         # Progress for requests that carry an id (the frontend's run id), read by the sd_img2img_progress model.
         self.board = ProgressBoard(board_folder(self.model_repository))
@@ -220,6 +253,7 @@ class TritonPythonModel:
         vae = self.runner.pipe.vae
         self.previewer = self._on_torch_thread(lambda: LatentPreviewer.fit(vae)) if self.preview_every_steps else None
         self._previews: dict[int, bytes] = {}  # id(job) -> its last preview, re-posted between new ones
+        self._previews_lock = threading.Lock()  # the engine thread posts; finalize's thread may answer
         self.engine = StepEngine(denoiser, self.max_rows_in_flight, callbacks)
         self._gauges = {"jobs": self.executing, "rows_active": self.rows_active, "rows_waiting": self.rows_waiting}
         self._published: dict[str, int] = {}
@@ -236,11 +270,22 @@ class TritonPythonModel:
         assert self.engine is not None
         try:
             self.engine.run()
-        except BaseException as exc:  # never silently: every request after this would hang
-            self.logger.log_error(f"{self.model_name}: step engine stopped: {exc!r}")
+        except BaseException:  # never silently: answer what it held; execute answers the rest (_refusal)
+            self.logger.log_error(self._refusal_message())
             for job in self.engine.stop():
-                self._send(job, self._error(f"step engine stopped: {exc!r}", pb_utils.TritonError.INTERNAL))
+                self._send(job, self._refusal())
             raise
+
+    def _refusal_message(self) -> str:
+        """Why a stopped engine takes no request: dead (in fatal words: the server gets restarted), or unloading."""
+        assert self.engine is not None
+        failure = self.engine.failure
+        if failure is None:
+            return "the model is unloading"
+        return f"{self.model_name} {FATAL_MARKER}: its step engine stopped ({failure!r}); the server must restart it"
+
+    def _refusal(self) -> Any:
+        return self._error(self._refusal_message(), pb_utils.TritonError.UNAVAILABLE)
 
     def execute(self, requests: list[Any]) -> list[Any] | None:
         """Called by Triton with a batch of requests, one ``execute`` at a time.
@@ -256,17 +301,26 @@ class TritonPythonModel:
                 return self._execute(requests)
             finally:
                 self.executing.set(0)
-        # 1. Validate each request on its own; a bad one is answered now, the rest join the engine.
+        # 1. Validate each request on its own; a bad one is answered now, the rest join the engine. Each
+        # is answered exactly once, here or by the engine, whatever fails.
         for index, request in enumerate(requests):
             sender = request.get_response_sender()
             try:
                 valid = self._check(index, request)
+                # Its wait for rows obeys the queue policy, timed from now: its time in Triton's queue before
+                # this execute is not known here, so not counted.
+                timeout_s = self.queue_policy.timeout_s(int(request.timeout()))
+                self.engine.submit(valid, Handle(request, sender, request.request_id()), timeout_s)
             except InvalidInput as exc:
                 sender.send(self._error(str(exc), pb_utils.TritonError.INVALID_ARG), flags=FINAL)
-                continue
-            self.engine.submit(valid, Handle(request, sender, request.request_id()))
+            except EngineStopped:  # dead (or unloading): an answer now, not a wait for a client timeout
+                sender.send(self._refusal(), flags=FINAL)
+            except Exception as exc:
+                self.logger.log_error(f"{self.model_name}: could not take request {index}: {exc!r}")
+                sender.send(self._error(f"generation failed: {exc!r}", pb_utils.TritonError.INTERNAL), flags=FINAL)
         self._publish_load()
-        # 2. Hold Triton's next batch while requests wait for rows: they wait in Triton's queue instead.
+        # 2. Hold Triton's next batch while requests wait for rows: they wait in Triton's queue instead. A
+        # stopped engine returns at once: the next batch is refused at once too.
         self.engine.wait_for_room()
         return None
 
@@ -280,10 +334,15 @@ class TritonPythonModel:
         self._send(job, self._images(request, images))
 
     def _send(self, job: Job[Any], response: Any) -> None:
+        """The one answer of a job the engine settled (``Job.settled``: once, whichever thread settles it)."""
         self._publish_load()  # the engine has let go of the job: the gauges say so before the answer does
         if job.handle.request_id:
-            self._previews.pop(id(job), None)
-            self.board.remove(job.handle.request_id)
+            with self._previews_lock:
+                self._previews.pop(id(job), None)
+            try:
+                self.board.remove(job.handle.request_id)
+            except OSError as exc:  # a stale post is swept later; the answer must still go
+                self.logger.log_warn(f"{self.model_name}: could not remove a progress post: {exc!r}")
         try:
             job.handle.sender.send(response, flags=FINAL)
         except Exception as exc:  # the engine must go on for the others
@@ -299,15 +358,20 @@ class TritonPythonModel:
         request_id = job.handle.request_id
         if not request_id:
             return
-        preview = self._previews.get(id(job), b"")
-        estimate = getattr(job.flight, "estimate", None)
-        every = self.preview_every_steps
-        if self.previewer is not None and estimate is not None and (done == 1 or done % every == 0):
-            preview = self._previews[id(job)] = self.previewer.jpeg(estimate)
+        # Best effort: a preview that cannot be drawn or a post that cannot be written costs the request its
+        # progress, never its images (the engine would fail the request if this raised).
         try:
+            estimate = getattr(job.flight, "estimate", None)
+            every = self.preview_every_steps
+            if self.previewer is not None and estimate is not None and (done == 1 or done % every == 0):
+                fresh = self.previewer.jpeg(estimate)
+                with self._previews_lock:
+                    self._previews[id(job)] = fresh
+            with self._previews_lock:
+                preview = self._previews.get(id(job), b"")
             self.board.post(request_id, Progress(done, total, preview))
-        except OSError as exc:  # progress is best effort; the generation goes on
-            self.logger.log_warn(f"{self.model_name}: could not post progress: {exc!r}")
+        except Exception as exc:
+            self.logger.log_warn(f"{self.model_name}: could not post progress for {request_id}: {exc!r}")
 
     def _publish_load(self) -> None:
         if self.engine is None:
@@ -316,8 +380,12 @@ class TritonPythonModel:
         with self._published_lock:
             for name, value in self.engine.stats().items():
                 if self._published.get(name) != value:
+                    try:
+                        self._gauges[name].set(value)
+                    except Exception as exc:  # metrics are best effort: never at a request's expense
+                        self.logger.log_warn(f"{self.model_name}: could not set {name}: {exc!r}")
+                        continue
                     self._published[name] = value
-                    self._gauges[name].set(value)
 
     def _execute(self, requests: list[Any]) -> list[Any]:
         # 1. Validate each request on its own; a bad one is answered now, the rest go on.
@@ -402,10 +470,11 @@ class TritonPythonModel:
 
     def finalize(self) -> None:
         """Called once when Triton unloads the model: stop the step engine and answer every request it still
-        held with UNAVAILABLE (the client may send it again), then log the unload."""
+        held with UNAVAILABLE (the client may send it again), then log the unload. The engine thread may be
+        mid-tick: ``stop`` hands back only the jobs it claimed, so each is answered once, by one thread."""
         if self.engine is not None:
             for job in self.engine.stop():
-                self._send(job, self._error("the model is unloading", pb_utils.TritonError.UNAVAILABLE))
+                self._send(job, self._refusal())
             with contextlib.suppress(Exception):
                 self._engine_done.result(timeout=30)
             self.board.close()
