@@ -138,7 +138,7 @@ async def _runs(app: web.Application) -> AsyncIterator[None]:
     log.info("replica %s", owner)
     loops = [
         asyncio.create_task(deliverer.run_forever(), name="webhook-deliveries"),
-        asyncio.create_task(keep_leases(app[RUNS], store, settings, metrics, look_for_runs), name="leases"),
+        asyncio.create_task(keep_leases(app[RUNS], deliverer, store, settings, metrics, look_for_runs), name="leases"),
         asyncio.create_task(expire_forever(store, settings, metrics), name="retention"),
     ]
     try:

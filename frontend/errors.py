@@ -142,6 +142,20 @@ class BackendUnavailable(ApiError):
         super().__init__(message, headers={"Retry-After": str(retry_after_s)})
 
 
+class StoreUnavailable(ApiError):
+    """The run store's database cannot be reached now (a failover, a restart): try again later.
+
+    Raised by the store engines for a connection lost or refused mid-call, which may or may not have
+    taken effect: a run's own writes are retried (each is safe to repeat), anything else answers 503."""
+
+    status, code = 503, "store_unavailable"
+
+    def __init__(
+        self, message: str = "the run store cannot be reached now; retry later", *, retry_after_s: int = 2
+    ) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
 class BackendTimeout(ApiError):
     status, code = 504, "backend_timeout"
 
@@ -171,6 +185,7 @@ ERROR_TABLE: list[tuple[int, str, str]] = [
         RateLimited,
         MethodNotAllowed,
         BackendUnavailable,
+        StoreUnavailable,
         BackendTimeout,
         GenerationFailed,
     )

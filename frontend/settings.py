@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     database_pool_size: int = Field(default=10, ge=1)  # connections per replica (PostgreSQL)
     lease_s: float = Field(default=30.0, gt=0)  # how long a replica's claim on a run or a delivery lasts unrenewed
     lease_poll_s: float = Field(default=2.0, gt=0)  # how often a replica renews its leases and looks for lapsed ones
+    # How long a run's own write (its record, its start, its outcome) is tried again while the database
+    # cannot be reached, before the run is handed back for any replica to take over.
+    store_retry_s: float = Field(default=10.0, ge=0)
     # Retention: results (and so webhook payloads) go after result_ttl_s, run records after run_ttl_s.
     result_ttl_s: float = Field(default=3600.0, gt=0)
     run_ttl_s: float = Field(default=7 * 24 * 3600.0, gt=0)

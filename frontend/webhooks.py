@@ -11,10 +11,12 @@ from datetime import UTC, datetime
 import aiohttp
 from standardwebhooks import Webhook
 
+from .errors import StoreUnavailable
 from .metrics import Metrics
 from .netguard import AddressDenied
 from .settings import Settings
 from .store import Delivery, DeliveryStatus, LeaseLost, RunStore
+from .store.retry import retrying
 from .waits import wait_at_most
 
 log = logging.getLogger("frontend.webhooks")
@@ -65,35 +67,64 @@ class WebhookDeliverer:
         self.store, self.session, self.signer, self.settings, self.metrics = store, session, signer, settings, metrics
         self.owner = owner  # this replica, holder of the delivery leases it claims
         self._wake = asyncio.Event()
+        self._in_flight: set[str] = set()
 
     def wake(self) -> None:
         self._wake.set()
+
+    def in_flight(self) -> list[str]:
+        """The deliveries an attempt of this replica is making now: the only delivery leases its heartbeat renews."""
+        return list(self._in_flight)
 
     async def run_forever(self) -> None:
         while True:
             try:
                 due = await self.store.claim_due_deliveries(self.owner, time.time(), self.settings.lease_s)
                 if due:
-                    await asyncio.gather(*(self.attempt(delivery) for delivery in due))
+                    await asyncio.gather(*(self.attempt_guarded(delivery) for delivery in due))
                     continue
                 next_at = await self.store.next_delivery_at()
-            except Exception:  # the loop must survive a bad row or a database hiccup
+            except StoreUnavailable as exc:  # a database hiccup: polled again
+                log.warning("webhook delivery loop: %s", exc.message)
+                next_at = None
+            except Exception:  # the loop must survive anything
                 log.exception("webhook delivery loop error")
                 next_at = None
             wait = self.settings.webhook_poll_s if next_at is None else max(0.0, next_at - time.time())
             self._wake.clear()
             await wait_at_most(self._wake.wait(), min(wait, self.settings.webhook_poll_s))
 
+    async def attempt_guarded(self, delivery: Delivery) -> None:
+        """One delivery's attempt, renewed while it runs. Whatever it raises stays with it: the delivery goes
+        back to pending as a failed attempt (else its lease lapses: it is no longer renewed), and the rest
+        of its batch is not touched."""
+        self._in_flight.add(delivery.id)
+        try:
+            await self.attempt(delivery)
+        except Exception:
+            log.exception("webhook attempt failed unexpectedly", extra={"run_id": delivery.run_id})
+            try:
+                await self._retry_later(delivery, delivery.attempts + 1, None, "internal error; the failure was logged")
+            except Exception as exc:  # noqa: BLE001 - its lease lapses instead, and it is claimed again
+                log.warning("could not put the delivery back: %r", exc, extra={"run_id": delivery.run_id})
+        finally:
+            self._in_flight.discard(delivery.id)
+
     async def attempt(self, delivery: Delivery) -> None:
         attempts = delivery.attempts + 1
+        try:
+            payload = delivery.payload
+        except ValueError as exc:  # a run with no answer to send (a torn write): it never will have one
+            await self._finish(delivery, DeliveryStatus.FAILED, attempts, None, str(exc))
+            return
         http_status: int | None = None
         error: str | None = None
         retry_after: float | None = None
         try:
             timeout = aiohttp.ClientTimeout(total=self.settings.webhook_timeout_s)
-            headers = self.signer.headers(delivery.id, delivery.payload)
+            headers = self.signer.headers(delivery.id, payload)
             async with self.session.post(
-                delivery.url, data=delivery.payload.encode(), headers=headers, timeout=timeout, allow_redirects=False
+                delivery.url, data=payload.encode(), headers=headers, timeout=timeout, allow_redirects=False
             ) as response:
                 http_status = response.status
                 if response.status in RETRY_AFTER_STATUSES:
@@ -115,19 +146,30 @@ class WebhookDeliverer:
             await self._finish(delivery, DeliveryStatus.DELIVERED, attempts, http_status, None)
         elif http_status == 410:
             await self._finish(delivery, DeliveryStatus.GONE, attempts, http_status, "receiver answered 410 Gone")
-        elif attempts >= self.settings.webhook_max_attempts:
-            await self._finish(delivery, DeliveryStatus.FAILED, attempts, http_status, error or f"HTTP {http_status}")
         else:
-            delay = backoff_s(attempts, self.settings.webhook_retry_base_s, self.settings.webhook_retry_max_s)
-            if retry_after is not None:
-                delay = max(delay, min(retry_after, self.settings.webhook_retry_max_s))
-            self.metrics.webhooks.labels("retry").inc()
-            log.info(
-                "webhook attempt failed; retrying",
-                extra={"run_id": delivery.run_id, "attempt": attempts, "http_status": http_status, "delay_s": delay},
-            )
-            error = error or f"HTTP {http_status}"
-            await self._record(delivery, DeliveryStatus.PENDING, attempts, time.time() + delay, http_status, error)
+            await self._retry_later(delivery, attempts, http_status, error or f"HTTP {http_status}", retry_after)
+
+    async def _retry_later(
+        self,
+        delivery: Delivery,
+        attempts: int,
+        http_status: int | None,
+        error: str,
+        retry_after: float | None = None,
+    ) -> None:
+        """A failed attempt: pending again after a backoff, or failed for good once out of attempts."""
+        if attempts >= self.settings.webhook_max_attempts:
+            await self._finish(delivery, DeliveryStatus.FAILED, attempts, http_status, error)
+            return
+        delay = backoff_s(attempts, self.settings.webhook_retry_base_s, self.settings.webhook_retry_max_s)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self.settings.webhook_retry_max_s))
+        self.metrics.webhooks.labels("retry").inc()
+        log.info(
+            "webhook attempt failed; retrying",
+            extra={"run_id": delivery.run_id, "attempt": attempts, "http_status": http_status, "delay_s": delay},
+        )
+        await self._record(delivery, DeliveryStatus.PENDING, attempts, time.time() + delay, http_status, error)
 
     async def _finish(
         self, delivery: Delivery, status: DeliveryStatus, attempts: int, http_status: int | None, error: str | None
@@ -147,7 +189,7 @@ class WebhookDeliverer:
         http_status: int | None,
         error: str | None,
     ) -> None:
-        try:
+        async def record() -> None:
             await self.store.record_attempt(
                 delivery.id,
                 delivery.lease,
@@ -157,6 +199,13 @@ class WebhookDeliverer:
                 http_status=http_status,
                 error=error,
             )
-        except LeaseLost as exc:  # we stalled past the lease; the new holder's record stands
+
+        try:
+            await retrying(record, self.settings.store_retry_s, "record_attempt")
+        except LeaseLost as exc:
+            if exc.after_lost_answer:  # our earlier try may have landed (it ends the lease): not ours now either way
+                log.info("webhook attempt recorded before its answer was lost", extra={"run_id": delivery.run_id})
+                return
+            # We stalled past the lease; the new holder's record stands.
             self.metrics.leases_lost.labels("delivery").inc()
             log.warning("webhook attempt not recorded: %s", exc, extra={"run_id": delivery.run_id})

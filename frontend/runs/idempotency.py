@@ -10,20 +10,26 @@ replays the refusal. Keys are kept ``SD_IDEMPOTENCY_TTL_S`` (retention deletes t
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ..errors import ApiError, IdempotencyKeyInUse, IdempotencyKeyReused
+from ..errors import ApiError, IdempotencyKeyInUse, IdempotencyKeyReused, StoreUnavailable
 from ..store import IdempotencyRecord, RunStore
+from ..store.retry import retrying
+
+log = logging.getLogger("frontend.runs")
 
 # A finished run's answer from its record (status, body); None while it is not final or not there.
 FinishedAnswer = Callable[[str, str], Awaitable[tuple[int, dict[str, Any]] | None]]
 
 
 class IdempotencyKeys:
-    def __init__(self, store: RunStore, ttl_s: float, finished_answer: FinishedAnswer) -> None:
-        self.store, self.ttl_s, self.finished_answer = store, ttl_s, finished_answer
+    """``retry_s``: how long ``remember`` and ``release`` try again while the store is unavailable."""
+
+    def __init__(self, store: RunStore, ttl_s: float, finished_answer: FinishedAnswer, retry_s: float = 0.0) -> None:
+        self.store, self.ttl_s, self.finished_answer, self.retry_s = store, ttl_s, finished_answer, retry_s
 
     async def claim(self, key_hash: str, key: str, fingerprint: str, run_id: str) -> IdempotencyRecord | None:
         """Claim ``key`` for ``run_id``; the first request's record when it was already claimed."""
@@ -50,8 +56,14 @@ class IdempotencyKeys:
         return status, json.dumps(payload)
 
     async def remember(self, key_hash: str, key: str, status: int, payload: dict[str, Any]) -> None:
-        """The answer a repeat of this key replays."""
-        await self.store.answer_idempotency(key_hash, key, status, json.dumps(payload))
+        """The answer a repeat of this key replays. Best effort, after the run was accepted: a request whose
+        run goes on must not answer 5xx for this; a key left without its answer replays from the run's
+        record (``replay``)."""
+        body = json.dumps(payload)
+        try:
+            await retrying(lambda: self.store.answer_idempotency(key_hash, key, status, body), self.retry_s, "remember")
+        except StoreUnavailable:
+            log.warning("Idempotency-Key answer not recorded: a repeat replays it from the run's record")
 
     async def remember_error(self, key_hash: str, key: str, error: ApiError) -> None:
         """A failure is the answer to replay, unless it says "not now" (503, 429): then the key is freed."""
@@ -61,5 +73,9 @@ class IdempotencyKeys:
             await self.remember(key_hash, key, error.status, error.body())
 
     async def release(self, key_hash: str, key: str) -> None:
-        """Nothing of the request was kept: the key may be used again."""
-        await self.store.release_idempotency(key_hash, key)
+        """Nothing of the request was kept: the key may be used again. Best effort: the request already
+        failed, and its own error is the answer (a key left claimed answers 409 until its TTL)."""
+        try:
+            await retrying(lambda: self.store.release_idempotency(key_hash, key), self.retry_s, "release")
+        except StoreUnavailable:
+            log.warning("Idempotency-Key not freed: the run store cannot be reached")

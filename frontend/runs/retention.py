@@ -7,6 +7,7 @@ import asyncio
 import logging
 import time
 
+from ..errors import StoreUnavailable
 from ..metrics import Metrics
 from ..settings import Settings
 from ..store import RunStore
@@ -37,6 +38,8 @@ async def expire_forever(store: RunStore, settings: Settings, metrics: Metrics) 
     while True:
         try:
             await expire_once(store, settings, metrics)
-        except Exception:  # the next pass will do it
+        except StoreUnavailable as exc:  # the next pass will do it
+            log.warning("retention pass: %s", exc.message)
+        except Exception:
             log.exception("retention pass failed")
         await asyncio.sleep(settings.retention_interval_s)

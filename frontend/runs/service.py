@@ -23,6 +23,7 @@ from ..netguard import host_denial_reason
 from ..schemas import PredictBody
 from ..settings import Settings
 from ..store import Lease, Run, RunStatus, RunStore
+from ..store.retry import retrying
 from . import events
 from .control import is_background
 from .execute import HeldLease, RunExecutor, RunStopped, RunTakenOver, ms_since, stopped_body
@@ -74,7 +75,9 @@ class RunService:
             settings.rate_per_key_per_s, settings.rate_burst_per_key, settings.max_runs_in_flight_per_key
         )
         self.draining = False  # shutting down: take over nothing more
-        self.idempotency = IdempotencyKeys(store, settings.idempotency_ttl_s, self._finished_answer)
+        self.idempotency = IdempotencyKeys(
+            store, settings.idempotency_ttl_s, self._finished_answer, settings.store_retry_s
+        )
         # Work started for a request that has gone (an idempotent answer to record): drained like runs.
         self._follow_ups: set[asyncio.Task[None]] = set()
 
@@ -132,20 +135,25 @@ class RunService:
 
     # 2. Record it before answering, leased to this replica.
     async def create(self, prepared: PreparedRun, key_hash: str) -> Lease:
+        """Tried again while the store is unavailable (the same id again hands back the lease a try whose
+        answer was lost got). If it still fails, the request answers 503; a try that did land left a run
+        no task works, whose lease lapses, and the replica that takes it over ends it."""
         owner, lease_s = self.owner, self.settings.lease_s
         if not prepared.background:
             # Synchronous: the caller holds the connection and retries if it breaks, so after a crash
             # there is no one to resume for. No input image is kept (a PNG encode per request saved,
             # 40 ms at 512x512) and the run starts as 'processing' (one commit fewer).
-            granted = await self.store.create_run(
-                prepared.run_id, key_hash, prepared.params, None, None, owner=owner, lease_s=lease_s,
-                status=RunStatus.PROCESSING,
-            )  # fmt: skip
+            png, webhook, status = None, None, RunStatus.PROCESSING
         else:
             png = await asyncio.to_thread(images.png_bytes, prepared.image)
-            granted = await self.store.create_run(
-                prepared.run_id, key_hash, prepared.params, png, prepared.webhook_endpoint, owner=owner, lease_s=lease_s
-            )  # fmt: skip
+            webhook, status = prepared.webhook_endpoint, RunStatus.QUEUED
+        granted = await retrying(
+            lambda: self.store.create_run(
+                prepared.run_id, key_hash, prepared.params, png, webhook, owner=owner, lease_s=lease_s, status=status
+            ),
+            self.settings.store_retry_s,
+            "create_run",
+        )
         log.info("run accepted", extra={"run_id": prepared.run_id})
         return granted
 
@@ -181,8 +189,13 @@ class RunService:
     def is_running(self, run_id: str) -> bool:
         return run_id in self._tasks
 
+    def live(self) -> list[str]:
+        """The runs a task of this replica is working now: the only run leases its heartbeat renews."""
+        return list(self._leases)
+
     def adopt(self, run_id: str, lease: Lease) -> None:
-        """This replica re-claimed a run it is still running (its own lease had lapsed): write under the new one."""
+        """This replica re-claimed a run it is still running (another had taken it over and lost it in turn):
+        its task writes under the new lease."""
         self._leases[run_id].current = lease
 
     # 4. Look it up, for the key that created it only.
@@ -257,13 +270,17 @@ class RunService:
     async def answer(
         self, task: asyncio.Task[dict[str, Any]], key_hash: str, run_id: str
     ) -> tuple[int, dict[str, Any]]:
+        error = None
         if not task.cancelled():
             error = task.exception()
             if error is None:
                 return 200, task.result()
             if isinstance(error, ApiError) and not isinstance(error, RunStopped | RunTakenOver):
                 raise error  # as it happened here, headers (Retry-After) and all
-        return await self.outcome(run_id, key_hash)
+        recorded = await self._recorded_answer(run_id, key_hash, final_only=True)
+        if recorded is None:  # taken over and not final there yet, or cut short here by a shutdown: not "no answer"
+            raise error if isinstance(error, RunTakenOver) else RunTakenOver(run_id)
+        return recorded
 
     def remember_when_done(self, task: asyncio.Task[dict[str, Any]], key_hash: str, key: str, run_id: str) -> None:
         """The caller hung up but may retry with its Idempotency-Key: record the answer when the run ends

@@ -2,13 +2,19 @@
 
 Ownership: a replica works a run or a delivery under a lease (``owner``, expiry, fencing ``token``).
 ``claim_*`` hands out work no live lease holds and raises its token; ``renew_leases`` (the heartbeat)
-keeps what the owner holds; ``release_leases`` gives it back at shutdown. Every write about claimed work
-names its ``Lease`` and raises ``LeaseLost``, writing nothing, when another replica has taken it over.
+keeps the leases of the work the owner is still doing, named one by one, so work whose task died lapses
+and is taken over; ``release_run`` and ``release_leases`` give work back at once. Every write about
+claimed work names its ``Lease`` and raises ``LeaseLost``, writing nothing, when another replica has
+taken it over.
+
+Every method that writes is one transaction: it commits whole or not at all, and no other call (of this
+replica or another) sees it half done. An engine raises ``StoreUnavailable`` when its database cannot be
+reached or drops the connection mid-call; such a call may or may not have taken effect.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, Protocol
 
 from .records import (
@@ -51,15 +57,18 @@ class RunStore(Protocol):
         lease_s: float,
         status: RunStatus = RunStatus.QUEUED,
     ) -> Lease:
-        """Record an accepted run before it is answered, leased to the replica that accepted it."""
+        """Record an accepted run before it is answered, leased to the replica that accepted it. Safe to
+        repeat after a lost answer: the same id again by the same owner hands back the lease it got."""
 
-    async def mark_processing(self, run_id: str, lease: Lease) -> None: ...
+    async def mark_processing(self, run_id: str, lease: Lease) -> None:
+        """Fenced; safe to repeat."""
 
     async def finish_run(
         self, run_id: str, lease: Lease, status: RunStatus, body: dict[str, Any], webhook_url: str | None
     ) -> None:
         """Store the outcome, end the run's lease and, in the same transaction, write the delivery that
-        announces it to ``webhook_url`` (an outbox); then wake the replicas."""
+        announces it to ``webhook_url`` (an outbox); then wake the replicas. Fenced: repeated after a lost
+        answer whose write had landed, it raises ``LeaseLost`` (the lease ended with the first)."""
 
     async def stop_run(
         self, run_id: str, key_hash: str | None, status: RunStatus, body: dict[str, Any]
@@ -124,8 +133,14 @@ class RunStore(Protocol):
 
     async def delivery_for_run(self, run_id: str) -> DeliveryState | None: ...
 
-    async def renew_leases(self, owner: str, lease_s: float) -> int:
-        """Heartbeat: extend every lease ``owner`` still holds; how many."""
+    async def renew_leases(self, owner: str, lease_s: float, runs: Collection[str], deliveries: Collection[str]) -> int:
+        """Heartbeat: extend the leases ``owner`` still holds on these runs and deliveries, the work its tasks
+        are doing now (a lapsed lease nobody took yet included); how many. Never another lease it holds: a
+        run or delivery whose task ended without an outcome must lapse, so that it is taken over."""
+
+    async def release_run(self, run_id: str, lease: Lease) -> None:
+        """Give back one unfinished run at once (its task ended without recording an outcome), so any
+        replica may take it over now. Fenced, and a no-op when ``lease`` is no longer current."""
 
     async def release_leases(self, owner: str) -> None:
         """Give back every lease ``owner`` holds (graceful shutdown), so others may take the work now."""

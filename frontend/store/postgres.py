@@ -4,6 +4,8 @@ Claims take rows with ``FOR UPDATE SKIP LOCKED`` (replicas never wait on each ot
 them by the database's clock (replicas' clocks may disagree); every write about claimed work checks
 owner and token (fencing). ``NOTIFY`` wakes peers when work appears or is handed back; a dedicated
 connection listens (a pooler in transaction mode cannot carry ``LISTEN``), and callers poll as well.
+A connection lost mid-call (a failover, a restart, ``pg_terminate_backend``) is discarded, never reused,
+and the call raises ``StoreUnavailable``.
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
+from ..errors import StoreUnavailable
 from .postgres_migrations import MIGRATIONS
 from .records import (
     RETENTION_BATCH,
@@ -32,8 +35,8 @@ from .records import (
     RunState,
     RunStatus,
     Usage,
+    created_before,
     delivery_id,
-    webhook_payload,
 )
 from .sql import (
     FINISHED_SQL,
@@ -86,8 +89,29 @@ class PostgresRunStore:
             raise RuntimeError("the PostgreSQL store is closed: open() first")
         return self._pool
 
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[PoolConnection]:
+        """A pooled connection for one call. A connection lost mid-call is closed for good, never handed
+        back (asyncpg can leave one the server terminated in a state that fails every later call on it:
+        "cannot switch to state ..."), and the call raises ``StoreUnavailable``."""
+        try:
+            async with self._db.acquire() as conn:
+                try:
+                    yield conn
+                except BaseException as exc:
+                    if _disconnected(exc):
+                        with contextlib.suppress(asyncpg.InterfaceError):  # already closed and given back
+                            conn.terminate()
+                    raise
+        except Exception as exc:
+            if _disconnected(exc):
+                log.warning("run store call failed: %s: %s", type(exc).__name__, exc)
+                raise StoreUnavailable() from exc
+            raise
+
     async def ping(self) -> None:
-        await self._db.fetchval("SELECT 1", timeout=5)
+        async with self._connection() as conn:
+            await conn.fetchval("SELECT 1", timeout=5)
 
     def subscribe(self, wake: Callable[[], None]) -> None:
         self._subscribers.append(wake)
@@ -127,28 +151,34 @@ class PostgresRunStore:
         status: RunStatus = RunStatus.QUEUED,
     ) -> Lease:
         now = time.time()
-        await self._db.execute(
-            "INSERT INTO runs (id, key_hash, status, created_at, started_at, params, image_png, webhook_endpoint,"
-            " lease_owner, lease_token, lease_expires_at)"
-            f" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1, {DB_NOW} + $10)",
-            run_id, key_hash, str(status), now, now if status == RunStatus.PROCESSING else None, json.dumps(params),
-            image_png, webhook_endpoint, owner, lease_s,
-        )  # fmt: skip
-        return Lease(owner, 1)
+        async with self._connection() as conn:  # one statement (autocommit): the fast path is one round trip
+            inserted = await conn.fetchval(
+                "INSERT INTO runs (id, key_hash, status, created_at, started_at, params, image_png, webhook_endpoint,"
+                " lease_owner, lease_token, lease_expires_at)"
+                f" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1, {DB_NOW} + $10)"
+                " ON CONFLICT (id) DO NOTHING RETURNING 1",
+                run_id, key_hash, str(status), now, now if status == RunStatus.PROCESSING else None, json.dumps(params),
+                image_png, webhook_endpoint, owner, lease_s,
+            )  # fmt: skip
+            if inserted:
+                return Lease(owner, 1)
+            found = await conn.fetchrow("SELECT key_hash, lease_owner, lease_token FROM runs WHERE id = $1", run_id)
+        return created_before(run_id, key_hash, owner, found)
 
     async def mark_processing(self, run_id: str, lease: Lease) -> None:
-        await _fenced(
-            self._db, "mark_processing", lease,
-            "UPDATE runs SET status = 'processing', started_at = $4 WHERE id = $1 AND lease_owner = $2"
-            " AND lease_token = $3",
-            run_id, time.time(),
-        )  # fmt: skip
+        async with self._connection() as conn:
+            await _fenced(
+                conn, "mark_processing", lease,
+                "UPDATE runs SET status = 'processing', started_at = $4 WHERE id = $1 AND lease_owner = $2"
+                " AND lease_token = $3",
+                run_id, time.time(),
+            )  # fmt: skip
 
     async def finish_run(
         self, run_id: str, lease: Lease, status: RunStatus, body: dict[str, Any], webhook_url: str | None
     ) -> None:
         now = time.time()
-        async with self._db.acquire() as conn, conn.transaction():
+        async with self._connection() as conn, conn.transaction():
             await _fenced(
                 conn, "finish_run", lease,
                 "UPDATE runs SET status = $4, finished_at = $5, body = $6, image_png = NULL, lease_owner = NULL,"
@@ -167,7 +197,7 @@ class PostgresRunStore:
         self, run_id: str, key_hash: str | None, status: RunStatus, body: dict[str, Any]
     ) -> tuple[Run, bool] | None:
         now = time.time()
-        async with self._db.acquire() as conn, conn.transaction():
+        async with self._connection() as conn, conn.transaction():
             webhook = await conn.fetchrow(
                 "UPDATE runs SET status = $2, finished_at = $3, body = $4, image_png = NULL, lease_owner = NULL,"
                 f" lease_expires_at = NULL WHERE id = $1 AND {UNFINISHED_SQL}"
@@ -182,19 +212,21 @@ class PostgresRunStore:
                 )  # fmt: skip
             if webhook is not None:  # the replica running it stops at once, and a deliverer wakes
                 await conn.execute("SELECT pg_notify($1, 'stopped')", CHANNEL)
-        run = await self.get_run(run_id, key_hash)
+            row = await conn.fetchrow("SELECT * FROM runs WHERE id = $1", run_id)
+        run = _owned_run(row, key_hash)
         return None if run is None else (run, webhook is not None)
 
     async def finished_among(self, run_ids: list[str]) -> list[str]:
         if not run_ids:
             return []
-        rows = await self._db.fetch(f"SELECT id FROM runs WHERE id = ANY($1::text[]) AND {FINISHED_SQL}", run_ids)
+        async with self._connection() as conn:
+            rows = await conn.fetch(f"SELECT id FROM runs WHERE id = ANY($1::text[]) AND {FINISHED_SQL}", run_ids)
         return [row[0] for row in rows]
 
     async def claim_idempotency(
         self, key_hash: str, key: str, fingerprint: str, run_id: str, *, now: float, ttl_s: float
     ) -> IdempotencyRecord | None:
-        async with self._db.acquire() as conn, conn.transaction():
+        async with self._connection() as conn, conn.transaction():
             await conn.execute(
                 "DELETE FROM idempotency WHERE key_hash = $1 AND key = $2 AND created_at < $3",
                 key_hash, key, now - ttl_s,
@@ -216,60 +248,68 @@ class PostgresRunStore:
         return IdempotencyRecord(*row)
 
     async def answer_idempotency(self, key_hash: str, key: str, status: int, body: str) -> None:
-        await self._db.execute(
-            "UPDATE idempotency SET response_status = $3, response_body = $4 WHERE key_hash = $1 AND key = $2",
-            key_hash, key, status, body,
-        )  # fmt: skip
+        async with self._connection() as conn:
+            await conn.execute(
+                "UPDATE idempotency SET response_status = $3, response_body = $4 WHERE key_hash = $1 AND key = $2",
+                key_hash, key, status, body,
+            )  # fmt: skip
 
     async def release_idempotency(self, key_hash: str, key: str) -> None:
-        await self._db.execute("DELETE FROM idempotency WHERE key_hash = $1 AND key = $2", key_hash, key)
+        async with self._connection() as conn:
+            await conn.execute("DELETE FROM idempotency WHERE key_hash = $1 AND key = $2", key_hash, key)
 
     async def run_state(self, run_id: str, key_hash: str) -> RunState | None:
-        row = await self._db.fetchrow(RUN_STATE_SQL.format("$1"), run_id)
+        async with self._connection() as conn:
+            row = await conn.fetchrow(RUN_STATE_SQL.format("$1"), run_id)
         return None if row is None or row["key_hash"] != key_hash else RunState.from_row(row)
 
     async def set_progress(self, run_id: str, progress: dict[str, Any]) -> None:
-        await self._db.execute(SET_PROGRESS_SQL.format("$1", "$2"), run_id, json.dumps(progress))
+        async with self._connection() as conn:
+            await conn.execute(SET_PROGRESS_SQL.format("$1", "$2"), run_id, json.dumps(progress))
 
     async def get_run(self, run_id: str, key_hash: str | None = None) -> Run | None:
-        row = await self._db.fetchrow("SELECT * FROM runs WHERE id = $1", run_id)
-        if row is None or (key_hash is not None and row["key_hash"] != key_hash):
-            return None
-        return _run(row)
+        async with self._connection() as conn:
+            row = await conn.fetchrow("SELECT * FROM runs WHERE id = $1", run_id)
+        return _owned_run(row, key_hash)
 
     async def list_runs(self, key_hash: str, limit: int, before: tuple[float, str] | None = None) -> list[Run]:
         created_at, run_id = before or NO_CURSOR
-        rows = await self._db.fetch(LIST_RUNS_SQL.format("$1", "$2", "$3", "$4"), key_hash, created_at, run_id, limit)
+        async with self._connection() as conn:
+            rows = await conn.fetch(LIST_RUNS_SQL.format("$1", "$2", "$3", "$4"), key_hash, created_at, run_id, limit)
         return [_run(row) for row in rows]
 
     async def claim_unfinished_runs(self, owner: str, lease_s: float, limit: int = 16) -> list[Run]:
-        rows = await self._db.fetch(
-            f"WITH claimable AS (SELECT id FROM runs WHERE {UNFINISHED_SQL}"
-            f" AND (lease_owner IS NULL OR lease_expires_at < {DB_NOW}) ORDER BY created_at LIMIT $3"
-            " FOR UPDATE SKIP LOCKED)"
-            f" UPDATE runs SET lease_owner = $1, lease_token = runs.lease_token + 1, lease_expires_at = {DB_NOW} + $2"
-            " FROM claimable WHERE runs.id = claimable.id RETURNING runs.*",
-            owner, lease_s, limit,
-        )  # fmt: skip
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                f"WITH claimable AS (SELECT id FROM runs WHERE {UNFINISHED_SQL}"
+                f" AND (lease_owner IS NULL OR lease_expires_at < {DB_NOW}) ORDER BY created_at LIMIT $3"
+                " FOR UPDATE SKIP LOCKED)"
+                " UPDATE runs SET lease_owner = $1, lease_token = runs.lease_token + 1,"
+                f" lease_expires_at = {DB_NOW} + $2 FROM claimable WHERE runs.id = claimable.id RETURNING runs.*",
+                owner, lease_s, limit,
+            )  # fmt: skip
         return sorted((_run(row, leased=True) for row in rows), key=lambda run: run.created_at)
 
     async def claim_due_deliveries(self, owner: str, now: float, lease_s: float, limit: int = 32) -> list[Delivery]:
-        rows = await self._db.fetch(
-            "WITH claimable AS (SELECT id FROM deliveries WHERE status = 'pending' AND next_attempt_at <= $3"
-            f" AND (lease_owner IS NULL OR lease_expires_at < {DB_NOW}) ORDER BY next_attempt_at LIMIT $4"
-            " FOR UPDATE SKIP LOCKED),"
-            " claimed AS (UPDATE deliveries d SET lease_owner = $1, lease_token = d.lease_token + 1,"
-            f" lease_expires_at = {DB_NOW} + $2 FROM claimable WHERE d.id = claimable.id RETURNING d.*)"
-            " SELECT c.id, c.run_id, c.url, c.status, c.attempts, c.next_attempt_at, c.lease_owner, c.lease_token,"
-            " r.status AS run_status, r.body FROM claimed c JOIN runs r ON r.id = c.run_id ORDER BY c.next_attempt_at",
-            owner, lease_s, now, limit,
-        )  # fmt: skip
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                "WITH claimable AS (SELECT id FROM deliveries WHERE status = 'pending' AND next_attempt_at <= $3"
+                f" AND (lease_owner IS NULL OR lease_expires_at < {DB_NOW}) ORDER BY next_attempt_at LIMIT $4"
+                " FOR UPDATE SKIP LOCKED),"
+                " claimed AS (UPDATE deliveries d SET lease_owner = $1, lease_token = d.lease_token + 1,"
+                f" lease_expires_at = {DB_NOW} + $2 FROM claimable WHERE d.id = claimable.id RETURNING d.*)"
+                " SELECT c.id, c.run_id, c.url, r.status AS run_status, r.body, c.status, c.attempts,"
+                " c.next_attempt_at, c.lease_owner, c.lease_token"
+                " FROM claimed c JOIN runs r ON r.id = c.run_id ORDER BY c.next_attempt_at",
+                owner, lease_s, now, limit,
+            )  # fmt: skip
         return [
             Delivery(
                 row["id"],
                 row["run_id"],
                 row["url"],
-                webhook_payload(row["run_status"], row["body"]),
+                row["run_status"],
+                row["body"],
                 DeliveryStatus(row["status"]),
                 row["attempts"],
                 row["next_attempt_at"],
@@ -279,7 +319,8 @@ class PostgresRunStore:
         ]
 
     async def next_delivery_at(self) -> float | None:
-        value = await self._db.fetchval(NEXT_DELIVERY_SQL.format(now=DB_NOW))
+        async with self._connection() as conn:
+            value = await conn.fetchval(NEXT_DELIVERY_SQL.format(now=DB_NOW))
         return None if value is None else float(value)
 
     async def record_attempt(
@@ -293,32 +334,48 @@ class PostgresRunStore:
         http_status: int | None,
         error: str | None,
     ) -> None:
-        await _fenced(
-            self._db, "record_attempt", lease,
-            "UPDATE deliveries SET status = $4, attempts = $5, next_attempt_at = $6, last_status = $7,"
-            " last_error = $8, updated_at = $9, lease_owner = NULL, lease_expires_at = NULL"
-            " WHERE id = $1 AND lease_owner = $2 AND lease_token = $3",
-            delivery_id, str(status), attempts, next_attempt_at, http_status, error, time.time(),
-        )  # fmt: skip
+        async with self._connection() as conn:
+            await _fenced(
+                conn, "record_attempt", lease,
+                "UPDATE deliveries SET status = $4, attempts = $5, next_attempt_at = $6, last_status = $7,"
+                " last_error = $8, updated_at = $9, lease_owner = NULL, lease_expires_at = NULL"
+                " WHERE id = $1 AND lease_owner = $2 AND lease_token = $3",
+                delivery_id, str(status), attempts, next_attempt_at, http_status, error, time.time(),
+            )  # fmt: skip
 
     async def delivery_for_run(self, run_id: str) -> DeliveryState | None:
-        row = await self._db.fetchrow("SELECT status, attempts, last_status FROM deliveries WHERE run_id = $1", run_id)
+        async with self._connection() as conn:
+            row = await conn.fetchrow("SELECT status, attempts, last_status FROM deliveries WHERE run_id = $1", run_id)
         return None if row is None else DeliveryState(DeliveryStatus(row[0]), row[1], row[2])
 
-    async def renew_leases(self, owner: str, lease_s: float) -> int:
-        async with self._db.acquire() as conn, conn.transaction():
-            runs = await conn.execute(
-                f"UPDATE runs SET lease_expires_at = {DB_NOW} + $2 WHERE lease_owner = $1 AND {UNFINISHED_SQL}",
-                owner, lease_s,
+    async def renew_leases(self, owner: str, lease_s: float, runs: Collection[str], deliveries: Collection[str]) -> int:
+        if not runs and not deliveries:
+            return 0
+        async with self._connection() as conn, conn.transaction():
+            renewed = await conn.execute(
+                f"UPDATE runs SET lease_expires_at = {DB_NOW} + $2"
+                f" WHERE id = ANY($3::text[]) AND lease_owner = $1 AND {UNFINISHED_SQL}",
+                owner, lease_s, list(runs),
             )  # fmt: skip
-            deliveries = await conn.execute(
-                f"UPDATE deliveries SET lease_expires_at = {DB_NOW} + $2 WHERE lease_owner = $1 AND status = 'pending'",
-                owner, lease_s,
+            sending = await conn.execute(
+                f"UPDATE deliveries SET lease_expires_at = {DB_NOW} + $2"
+                " WHERE id = ANY($3::text[]) AND lease_owner = $1 AND status = 'pending'",
+                owner, lease_s, list(deliveries),
             )  # fmt: skip
-        return _count(runs) + _count(deliveries)
+        return _count(renewed) + _count(sending)
+
+    async def release_run(self, run_id: str, lease: Lease) -> None:
+        async with self._connection() as conn, conn.transaction():
+            released = await conn.execute(
+                "UPDATE runs SET lease_owner = NULL, lease_expires_at = NULL"
+                f" WHERE id = $1 AND lease_owner = $2 AND lease_token = $3 AND {UNFINISHED_SQL}",
+                run_id, lease.owner, lease.token,
+            )  # fmt: skip
+            if _count(released):
+                await conn.execute("SELECT pg_notify($1, 'released')", CHANNEL)
 
     async def release_leases(self, owner: str) -> None:
-        async with self._db.acquire() as conn, conn.transaction():
+        async with self._connection() as conn, conn.transaction():
             for table in ("runs", "deliveries"):
                 await conn.execute(
                     f"UPDATE {table} SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner = $1",
@@ -329,38 +386,40 @@ class PostgresRunStore:
     async def expire(
         self, now: float, result_ttl_s: float, run_ttl_s: float, idempotency_ttl_s: float = 86400.0
     ) -> Expired:
-        async with self._db.acquire() as conn, conn.transaction():
-            results = await conn.execute(
-                "WITH batch AS (SELECT id FROM runs r WHERE status = 'succeeded' AND result_expired_at IS NULL"
-                f" AND finished_at < $2 AND {NO_PENDING_DELIVERY_SQL} ORDER BY finished_at LIMIT $3"
-                " FOR UPDATE SKIP LOCKED)"
-                " UPDATE runs SET body = NULL, result_expired_at = $1 FROM batch WHERE runs.id = batch.id",
-                now, now - result_ttl_s, RETENTION_BATCH,
-            )  # fmt: skip
-            runs = await conn.execute(  # their deliveries go with them (ON DELETE CASCADE)
-                f"WITH batch AS (SELECT id FROM runs r WHERE created_at < $1 AND {FINISHED_SQL}"
-                f" AND {NO_PENDING_DELIVERY_SQL} ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED)"
-                " DELETE FROM runs USING batch WHERE runs.id = batch.id",
-                now - run_ttl_s, RETENTION_BATCH,
-            )  # fmt: skip
-            await conn.execute(
-                "DELETE FROM idempotency WHERE ctid IN (SELECT ctid FROM idempotency WHERE created_at < $1"
-                " LIMIT $2 FOR UPDATE SKIP LOCKED)",
-                now - idempotency_ttl_s, RETENTION_BATCH,
-            )  # fmt: skip
-        expired = Expired(results=_count(results), runs=_count(runs))
-        if expired.results or expired.runs:
-            # Make the deleted results' space reusable now, not when autovacuum's thresholds say so;
-            # SKIP_LOCKED: a replica whose peer is vacuuming the same table moves on.
-            await self._db.execute("VACUUM (SKIP_LOCKED) runs, deliveries")
+        async with self._connection() as conn:
+            async with conn.transaction():
+                results = await conn.execute(
+                    "WITH batch AS (SELECT id FROM runs r WHERE status = 'succeeded' AND result_expired_at IS NULL"
+                    f" AND finished_at < $2 AND {NO_PENDING_DELIVERY_SQL} ORDER BY finished_at LIMIT $3"
+                    " FOR UPDATE SKIP LOCKED)"
+                    " UPDATE runs SET body = NULL, result_expired_at = $1 FROM batch WHERE runs.id = batch.id",
+                    now, now - result_ttl_s, RETENTION_BATCH,
+                )  # fmt: skip
+                runs = await conn.execute(  # their deliveries go with them (ON DELETE CASCADE)
+                    f"WITH batch AS (SELECT id FROM runs r WHERE created_at < $1 AND {FINISHED_SQL}"
+                    f" AND {NO_PENDING_DELIVERY_SQL} ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED)"
+                    " DELETE FROM runs USING batch WHERE runs.id = batch.id",
+                    now - run_ttl_s, RETENTION_BATCH,
+                )  # fmt: skip
+                await conn.execute(
+                    "DELETE FROM idempotency WHERE ctid IN (SELECT ctid FROM idempotency WHERE created_at < $1"
+                    " LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                    now - idempotency_ttl_s, RETENTION_BATCH,
+                )  # fmt: skip
+            expired = Expired(results=_count(results), runs=_count(runs))
+            if expired.results or expired.runs:
+                # Make the deleted results' space reusable now, not when autovacuum's thresholds say so;
+                # SKIP_LOCKED: a replica whose peer is vacuuming the same table moves on.
+                await conn.execute("VACUUM (SKIP_LOCKED) runs, deliveries")
         return expired
 
     async def usage(self) -> Usage:
-        row = await self._db.fetchrow(
-            "SELECT COUNT(*), COUNT(body), COALESCE(SUM(octet_length(body)), 0),"
-            " (SELECT COUNT(*) FROM deliveries WHERE status = 'pending'),"
-            " pg_total_relation_size('runs') + pg_total_relation_size('deliveries') FROM runs"
-        )
+        async with self._connection() as conn:
+            row = await conn.fetchrow(
+                "SELECT COUNT(*), COUNT(body), COALESCE(SUM(octet_length(body)), 0),"
+                " (SELECT COUNT(*) FROM deliveries WHERE status = 'pending'),"
+                " pg_total_relation_size('runs') + pg_total_relation_size('deliveries') FROM runs"
+            )
         assert row is not None
         return Usage(runs=row[0], results=row[1], result_bytes=row[2], pending_deliveries=row[3], disk_bytes=row[4])
 
@@ -385,12 +444,35 @@ async def migrate(conn: asyncpg.Connection | PoolConnection) -> None:
             log.warning("the database has migrations %s this version does not know (a newer replica ran them)", newer)
 
 
-async def _fenced(
-    db: asyncpg.Pool | PoolConnection, what: str, lease: Lease, sql: str, run_or_delivery_id: str, *rest: Any
-) -> None:
+async def _fenced(conn: PoolConnection, what: str, lease: Lease, sql: str, run_or_delivery_id: str, *rest: Any) -> None:
     """``sql`` takes ``$1`` id, ``$2`` owner, ``$3`` token: a write that only the lease's holder makes."""
-    if _count(await db.execute(sql, run_or_delivery_id, lease.owner, lease.token, *rest)) == 0:
+    if _count(await conn.execute(sql, run_or_delivery_id, lease.owner, lease.token, *rest)) == 0:
         raise LeaseLost(what, lease)
+
+
+def _disconnected(exc: BaseException) -> bool:
+    """The connection, not the statement, failed: the server went away or terminated it, the pool could not
+    connect, or asyncpg's protocol was left mid-operation by such a loss. Never a bad statement or bad data."""
+    if isinstance(exc, asyncpg.DataError | asyncpg.ClientConfigurationError):
+        return False
+    return isinstance(
+        exc,
+        OSError
+        | TimeoutError
+        | asyncpg.PostgresConnectionError  # connection lost mid-call, refused
+        | asyncpg.InterfaceError  # "connection is closed", "another operation is in progress"
+        | asyncpg.InternalClientError  # "cannot switch to state ...": the protocol broken by a lost connection
+        | asyncpg.AdminShutdownError  # pg_terminate_backend, a fast shutdown
+        | asyncpg.CrashShutdownError
+        | asyncpg.CannotConnectNowError  # starting up, in recovery
+        | asyncpg.TooManyConnectionsError,
+    )
+
+
+def _owned_run(row: asyncpg.Record | None, key_hash: str | None) -> Run | None:
+    if row is None or (key_hash is not None and row["key_hash"] != key_hash):
+        return None
+    return _run(row)
 
 
 def _count(status: str) -> int:

@@ -41,6 +41,9 @@ class LeaseLost(Exception):
     def __init__(self, what: str, lease: Lease) -> None:
         super().__init__(f"{what}: the lease of {lease.owner!r} (token {lease.token}) was taken over")
         self.lease = lease
+        # Refused on a repeat (``retry.retrying``) after a try whose answer was lost with the connection:
+        # that try may have landed, and a write that ends the lease refuses its own repeat.
+        self.after_lost_answer = False
 
 
 @dataclass(frozen=True)
@@ -98,16 +101,33 @@ class Delivery:
     id: str  # the webhook-id, stable across retries
     run_id: str
     url: str
-    payload: str
+    run_status: str
+    body: str | None  # the run's answer as stored (JSON text); None only if a write was torn
     status: DeliveryStatus
     attempts: int
     next_attempt_at: float
     lease: Lease
 
+    @property
+    def payload(self) -> str:
+        """Built when it is sent, not when it is claimed: a row that cannot be built fails alone (ValueError),
+        it does not fail the claim of the batch around it."""
+        if self.body is None:
+            raise ValueError(f"run {self.run_id} has no answer to announce")
+        return webhook_payload(self.run_status, self.body)
+
 
 def delivery_id(run_id: str) -> str:
     """The ``webhook-id``: one per run, stable across retries and replicas (receivers deduplicate on it)."""
     return f"msg_{run_id}"
+
+
+def created_before(run_id: str, key_hash: str, owner: str, found: Any) -> Lease:
+    """``create_run`` found ``run_id`` there already (``found``: its key_hash, lease_owner, lease_token):
+    our own earlier attempt, whose answer was lost with the connection, hands back its lease."""
+    if found is not None and found[0] == key_hash and found[1] == owner:
+        return Lease(owner, found[2])
+    raise LeaseLost("create_run", Lease(owner, 1))
 
 
 def webhook_payload(status: str, body_json: str) -> str:

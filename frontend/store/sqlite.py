@@ -2,17 +2,19 @@
 
 A run is written before we answer, and its webhook delivery is written in the same transaction as its
 result (an outbox), so a restart loses neither: unfinished runs are resumed, pending deliveries re-sent.
-Leases and fencing work as in PostgreSQL (one writer at a time makes each claim atomic), so the same
-contract holds; but one file on one volume means one replica: several replicas need PostgreSQL.
+Leases and fencing work as in PostgreSQL (one unit of work at a time on the one connection makes each
+claim atomic), so the same contract holds; but one file on one volume means one replica: several
+replicas need PostgreSQL.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +33,8 @@ from .records import (
     RunState,
     RunStatus,
     Usage,
+    created_before,
     delivery_id,
-    webhook_payload,
 )
 from .sql import (
     FINISHED_SQL,
@@ -116,14 +118,22 @@ MIGRATIONS = [
 
 
 class SqliteRunStore:
+    """One connection, one unit of work at a time: every call holds ``_lock`` from its first statement to
+    its COMMIT (or ROLLBACK), so no coroutine's commit, rollback or read lands inside another's transaction
+    on the shared connection. Reads take it too: on one connection they would see a writer's uncommitted
+    rows."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         await when_unlocked(lambda: migrate(self.path))
-        self._db = await aiosqlite.connect(self.path, timeout=30)
+        # isolation_level=None: no implicit transactions; each unit of work is an explicit BEGIN IMMEDIATE
+        # (the write lock taken at once, so a second process waits instead of failing an upgrade).
+        self._db = await aiosqlite.connect(self.path, timeout=30, isolation_level=None)
         self._db.row_factory = aiosqlite.Row
         try:
             await self._db.execute("PRAGMA synchronous=NORMAL")
@@ -144,8 +154,31 @@ class SqliteRunStore:
         assert self._db is not None, "open() first"
         return self._db
 
+    @contextlib.asynccontextmanager
+    async def _reading(self) -> AsyncIterator[aiosqlite.Connection]:
+        """The connection between transactions: what it reads is committed."""
+        async with self._lock:
+            yield self._conn
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One unit of work: committed whole, or rolled back whole (its own statements only)."""
+        async with self._lock:
+            conn = self._conn
+            # aiosqlite runs statements in the order they were sent, even those whose caller was cancelled
+            # while waiting: so a ROLLBACK sent here always ends this transaction before the next BEGIN.
+            try:
+                await conn.execute("BEGIN IMMEDIATE")
+                yield conn
+                await conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.OperationalError):  # none open (BEGIN failed, or COMMIT ran)
+                    await conn.execute("ROLLBACK")
+                raise
+
     async def ping(self) -> None:
-        await self._conn.execute("SELECT 1")
+        async with self._reading() as conn:
+            await conn.execute_fetchall("SELECT 1")
 
     def subscribe(self, wake: Callable[[], None]) -> None:
         return None  # one process: its own loops already know when they made work
@@ -163,167 +196,159 @@ class SqliteRunStore:
         status: RunStatus = RunStatus.QUEUED,
     ) -> Lease:
         now = time.time()
-        await self._conn.execute(
-            "INSERT INTO runs (id, key_hash, status, created_at, started_at, params, image_png, webhook_endpoint,"
-            " lease_owner, lease_token, lease_expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?)",
-            (run_id, key_hash, str(status), now, now if status == RunStatus.PROCESSING else None, json.dumps(params),
-             image_png, webhook_endpoint, owner, now + lease_s),
-        )  # fmt: skip
-        await self._conn.commit()
-        return Lease(owner, 1)
+        async with self._transaction() as conn:
+            cursor = await conn.execute(
+                "INSERT OR IGNORE INTO runs (id, key_hash, status, created_at, started_at, params, image_png,"
+                " webhook_endpoint, lease_owner, lease_token, lease_expires_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?)",
+                (run_id, key_hash, str(status), now, now if status == RunStatus.PROCESSING else None,
+                 json.dumps(params), image_png, webhook_endpoint, owner, now + lease_s),
+            )  # fmt: skip
+            if cursor.rowcount == 1:
+                return Lease(owner, 1)
+            async with conn.execute("SELECT key_hash, lease_owner, lease_token FROM runs WHERE id = ?", (run_id,)) as c:
+                row = await c.fetchone()
+        return created_before(run_id, key_hash, owner, row)
 
     async def mark_processing(self, run_id: str, lease: Lease) -> None:
-        await self._fenced(
-            "mark_processing", lease, "UPDATE runs SET status = 'processing', started_at = ? WHERE id = ?",
-            (time.time(), run_id),
-        )  # fmt: skip
-        await self._conn.commit()
+        async with self._transaction() as conn:
+            await _fenced(
+                conn, "mark_processing", lease, "UPDATE runs SET status = 'processing', started_at = ? WHERE id = ?",
+                (time.time(), run_id),
+            )  # fmt: skip
 
     async def finish_run(
         self, run_id: str, lease: Lease, status: RunStatus, body: dict[str, Any], webhook_url: str | None
     ) -> None:
         now = time.time()
-        await self._fenced(
-            "finish_run", lease,
-            "UPDATE runs SET status = ?, finished_at = ?, body = ?, image_png = NULL, lease_owner = NULL,"
-            " lease_expires_at = NULL WHERE id = ?",
-            (str(status), now, json.dumps(body), run_id),
-        )  # fmt: skip
-        if webhook_url is not None:
-            await self._conn.execute(
-                "INSERT OR IGNORE INTO deliveries (id, run_id, url, status, attempts, next_attempt_at, updated_at)"
-                " VALUES (?, ?, ?, 'pending', 0, ?, ?)",
-                (delivery_id(run_id), run_id, webhook_url, now, now),
-            )
-        await self._conn.commit()
-
-    async def _fenced(self, what: str, lease: Lease, sql: str, params: tuple[Any, ...]) -> None:
-        """``sql`` ends in ``WHERE id = ?``; it runs only while ``lease`` is the current one."""
-        cursor = await self._conn.execute(f"{sql} AND lease_owner = ? AND lease_token = ?", (*params, *_lease(lease)))
-        if cursor.rowcount == 0:
-            await self._conn.rollback()
-            raise LeaseLost(what, lease)
+        async with self._transaction() as conn:
+            await _fenced(
+                conn, "finish_run", lease,
+                "UPDATE runs SET status = ?, finished_at = ?, body = ?, image_png = NULL, lease_owner = NULL,"
+                " lease_expires_at = NULL WHERE id = ?",
+                (str(status), now, json.dumps(body), run_id),
+            )  # fmt: skip
+            if webhook_url is not None:
+                await _insert_delivery(conn, run_id, webhook_url, now)
 
     async def stop_run(
         self, run_id: str, key_hash: str | None, status: RunStatus, body: dict[str, Any]
     ) -> tuple[Run, bool] | None:
         now = time.time()
-        # Fetched to the end: a RETURNING statement left open would block every commit on the connection.
-        returned = await self._conn.execute_fetchall(
-            "UPDATE runs SET status = ?, finished_at = ?, body = ?, image_png = NULL, lease_owner = NULL,"
-            f" lease_expires_at = NULL WHERE id = ? AND {UNFINISHED_SQL}"
-            " AND (? IS NULL OR key_hash = ?) RETURNING webhook_endpoint",
-            (str(status), now, json.dumps(body), run_id, key_hash, key_hash),
-        )
-        stopped = next(iter(returned), None)
-        if stopped is not None and stopped[0] is not None:
-            await self._conn.execute(
-                "INSERT OR IGNORE INTO deliveries (id, run_id, url, status, attempts, next_attempt_at, updated_at)"
-                " VALUES (?, ?, ?, 'pending', 0, ?, ?)",
-                (delivery_id(run_id), run_id, stopped[0], now, now),
+        async with self._transaction() as conn:
+            # Fetched to the end: a RETURNING statement left open would block the COMMIT.
+            returned = await conn.execute_fetchall(
+                "UPDATE runs SET status = ?, finished_at = ?, body = ?, image_png = NULL, lease_owner = NULL,"
+                f" lease_expires_at = NULL WHERE id = ? AND {UNFINISHED_SQL}"
+                " AND (? IS NULL OR key_hash = ?) RETURNING webhook_endpoint",
+                (str(status), now, json.dumps(body), run_id, key_hash, key_hash),
             )
-        await self._conn.commit()
-        run = await self.get_run(run_id, key_hash)
+            stopped = next(iter(returned), None)
+            if stopped is not None and stopped[0] is not None:
+                await _insert_delivery(conn, run_id, stopped[0], now)
+            run = await _get_run(conn, run_id, key_hash)
         return None if run is None else (run, stopped is not None)
 
     async def finished_among(self, run_ids: list[str]) -> list[str]:
         if not run_ids:
             return []
         marks = ",".join("?" * len(run_ids))
-        async with self._conn.execute(f"SELECT id FROM runs WHERE id IN ({marks}) AND {FINISHED_SQL}", run_ids) as c:
-            return [row[0] for row in await c.fetchall()]
+        async with self._reading() as conn:
+            rows = await conn.execute_fetchall(f"SELECT id FROM runs WHERE id IN ({marks}) AND {FINISHED_SQL}", run_ids)
+        return [row[0] for row in rows]
 
     async def claim_idempotency(
         self, key_hash: str, key: str, fingerprint: str, run_id: str, *, now: float, ttl_s: float
     ) -> IdempotencyRecord | None:
-        await self._conn.execute(
-            "DELETE FROM idempotency WHERE key_hash = ? AND key = ? AND created_at < ?", (key_hash, key, now - ttl_s)
-        )
-        cursor = await self._conn.execute(
-            "INSERT OR IGNORE INTO idempotency (key_hash, key, fingerprint, run_id, created_at) VALUES (?, ?, ?, ?, ?)",
-            (key_hash, key, fingerprint, run_id, now),
-        )
-        await self._conn.commit()
-        if cursor.rowcount == 1:
-            return None
-        async with self._conn.execute(
-            "SELECT fingerprint, run_id, created_at, response_status, response_body FROM idempotency"
-            " WHERE key_hash = ? AND key = ?",
-            (key_hash, key),
-        ) as found:
-            row = await found.fetchone()
-        assert row is not None  # one process per file: nobody deleted it in between
+        async with self._transaction() as conn:
+            await conn.execute(
+                "DELETE FROM idempotency WHERE key_hash = ? AND key = ? AND created_at < ?",
+                (key_hash, key, now - ttl_s),
+            )
+            cursor = await conn.execute(
+                "INSERT OR IGNORE INTO idempotency (key_hash, key, fingerprint, run_id, created_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (key_hash, key, fingerprint, run_id, now),
+            )
+            if cursor.rowcount == 1:
+                return None
+            # In the same transaction as the INSERT that found it: nobody can have released it in between.
+            async with conn.execute(
+                "SELECT fingerprint, run_id, created_at, response_status, response_body FROM idempotency"
+                " WHERE key_hash = ? AND key = ?",
+                (key_hash, key),
+            ) as found:
+                row = await found.fetchone()
+        assert row is not None
         return IdempotencyRecord(*row)
 
     async def answer_idempotency(self, key_hash: str, key: str, status: int, body: str) -> None:
-        await self._conn.execute(
-            "UPDATE idempotency SET response_status = ?, response_body = ? WHERE key_hash = ? AND key = ?",
-            (status, body, key_hash, key),
-        )
-        await self._conn.commit()
+        async with self._transaction() as conn:
+            await conn.execute(
+                "UPDATE idempotency SET response_status = ?, response_body = ? WHERE key_hash = ? AND key = ?",
+                (status, body, key_hash, key),
+            )
 
     async def release_idempotency(self, key_hash: str, key: str) -> None:
-        await self._conn.execute("DELETE FROM idempotency WHERE key_hash = ? AND key = ?", (key_hash, key))
-        await self._conn.commit()
+        async with self._transaction() as conn:
+            await conn.execute("DELETE FROM idempotency WHERE key_hash = ? AND key = ?", (key_hash, key))
 
     async def run_state(self, run_id: str, key_hash: str) -> RunState | None:
-        async with self._conn.execute(RUN_STATE_SQL.format("?"), (run_id,)) as cursor:
+        async with self._reading() as conn, conn.execute(RUN_STATE_SQL.format("?"), (run_id,)) as cursor:
             row = await cursor.fetchone()
         return None if row is None or row["key_hash"] != key_hash else RunState.from_row(row)
 
     async def set_progress(self, run_id: str, progress: dict[str, Any]) -> None:
-        # Placeholders in text order: the progress, then the id.
-        await self._conn.execute(SET_PROGRESS_SQL.format("?", "?"), (json.dumps(progress), run_id))
-        await self._conn.commit()
+        async with self._transaction() as conn:
+            # Placeholders in text order: the progress, then the id.
+            await conn.execute(SET_PROGRESS_SQL.format("?", "?"), (json.dumps(progress), run_id))
 
     async def get_run(self, run_id: str, key_hash: str | None = None) -> Run | None:
-        async with self._conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)) as cursor:
-            row = await cursor.fetchone()
-        if row is None or (key_hash is not None and row["key_hash"] != key_hash):
-            return None
-        return _run(row)
+        async with self._reading() as conn:
+            return await _get_run(conn, run_id, key_hash)
 
     async def list_runs(self, key_hash: str, limit: int, before: tuple[float, str] | None = None) -> list[Run]:
         created_at, run_id = before or NO_CURSOR
-        rows = await self._conn.execute_fetchall(
-            LIST_RUNS_SQL.format("?", "?", "?", "?"), (key_hash, created_at, run_id, limit)
-        )
+        async with self._reading() as conn:
+            rows = await conn.execute_fetchall(
+                LIST_RUNS_SQL.format("?", "?", "?", "?"), (key_hash, created_at, run_id, limit)
+            )
         return [_run(row) for row in rows]
 
     async def claim_unfinished_runs(self, owner: str, lease_s: float, limit: int = 16) -> list[Run]:
         now = time.time()
-        rows = await self._conn.execute_fetchall(
-            "UPDATE runs SET lease_owner = ?, lease_token = lease_token + 1, lease_expires_at = ?"
-            f" WHERE id IN (SELECT id FROM runs WHERE {UNFINISHED_SQL}"
-            " AND (lease_owner IS NULL OR lease_expires_at < ?) ORDER BY created_at LIMIT ?) RETURNING *",
-            (owner, now + lease_s, now, limit),
-        )
-        await self._conn.commit()
+        async with self._transaction() as conn:
+            rows = await conn.execute_fetchall(
+                "UPDATE runs SET lease_owner = ?, lease_token = lease_token + 1, lease_expires_at = ?"
+                f" WHERE id IN (SELECT id FROM runs WHERE {UNFINISHED_SQL}"
+                " AND (lease_owner IS NULL OR lease_expires_at < ?) ORDER BY created_at LIMIT ?) RETURNING *",
+                (owner, now + lease_s, now, limit),
+            )
         return sorted((_run(row, leased=True) for row in rows), key=lambda run: run.created_at)
 
     async def claim_due_deliveries(self, owner: str, now: float, lease_s: float, limit: int = 32) -> list[Delivery]:
-        rows = await self._conn.execute_fetchall(
-            "UPDATE deliveries SET lease_owner = ?, lease_token = lease_token + 1, lease_expires_at = ?"
-            " WHERE id IN (SELECT id FROM deliveries WHERE status = 'pending' AND next_attempt_at <= ?"
-            " AND (lease_owner IS NULL OR lease_expires_at < ?) ORDER BY next_attempt_at LIMIT ?) RETURNING id",
-            (owner, time.time() + lease_s, now, time.time(), limit),
-        )
-        await self._conn.commit()
-        ids = [row[0] for row in rows]
-        if not ids:
-            return []
-        marks = ",".join("?" * len(ids))
-        joined = await self._conn.execute_fetchall(
-            "SELECT d.id, d.run_id, d.url, d.status, d.attempts, d.next_attempt_at, d.lease_owner, d.lease_token,"
-            f" r.status, r.body FROM deliveries d JOIN runs r ON r.id = d.run_id WHERE d.id IN ({marks})"
-            " ORDER BY d.next_attempt_at",
-            ids,
-        )
+        async with self._transaction() as conn:
+            rows = await conn.execute_fetchall(
+                "UPDATE deliveries SET lease_owner = ?, lease_token = lease_token + 1, lease_expires_at = ?"
+                " WHERE id IN (SELECT id FROM deliveries WHERE status = 'pending' AND next_attempt_at <= ?"
+                " AND (lease_owner IS NULL OR lease_expires_at < ?) ORDER BY next_attempt_at LIMIT ?) RETURNING id",
+                (owner, time.time() + lease_s, now, time.time(), limit),
+            )
+            ids = [row[0] for row in rows]
+            if not ids:
+                return []
+            marks = ",".join("?" * len(ids))
+            joined = await conn.execute_fetchall(
+                "SELECT d.id, d.run_id, d.url, r.status, r.body, d.status, d.attempts, d.next_attempt_at,"
+                " d.lease_owner, d.lease_token FROM deliveries d JOIN runs r ON r.id = d.run_id"
+                f" WHERE d.id IN ({marks}) ORDER BY d.next_attempt_at",
+                ids,
+            )
         return [_delivery(row) for row in joined]
 
     async def next_delivery_at(self) -> float | None:
         sql = NEXT_DELIVERY_SQL.format(now=time.time())
-        async with self._conn.execute(sql) as cursor:
+        async with self._reading() as conn, conn.execute(sql) as cursor:
             row = await cursor.fetchone()
         return None if row is None or row[0] is None else float(row[0])
 
@@ -338,86 +363,124 @@ class SqliteRunStore:
         http_status: int | None,
         error: str | None,
     ) -> None:
-        cursor = await self._conn.execute(
-            "UPDATE deliveries SET status = ?, attempts = ?, next_attempt_at = ?, last_status = ?, last_error = ?,"
-            " updated_at = ?, lease_owner = NULL, lease_expires_at = NULL"
-            " WHERE id = ? AND lease_owner = ? AND lease_token = ?",
-            (str(status), attempts, next_attempt_at, http_status, error, time.time(), delivery_id, *_lease(lease)),
-        )
-        if cursor.rowcount == 0:
-            await self._conn.rollback()
-            raise LeaseLost("record_attempt", lease)
-        await self._conn.commit()
+        async with self._transaction() as conn:
+            await _fenced(
+                conn, "record_attempt", lease,
+                "UPDATE deliveries SET status = ?, attempts = ?, next_attempt_at = ?, last_status = ?, last_error = ?,"
+                " updated_at = ?, lease_owner = NULL, lease_expires_at = NULL WHERE id = ?",
+                (str(status), attempts, next_attempt_at, http_status, error, time.time(), delivery_id),
+            )  # fmt: skip
 
     async def delivery_for_run(self, run_id: str) -> DeliveryState | None:
-        async with self._conn.execute(
-            "SELECT status, attempts, last_status FROM deliveries WHERE run_id = ?", (run_id,)
-        ) as cursor:
+        async with (
+            self._reading() as conn,
+            conn.execute("SELECT status, attempts, last_status FROM deliveries WHERE run_id = ?", (run_id,)) as cursor,
+        ):
             row = await cursor.fetchone()
         return None if row is None else DeliveryState(DeliveryStatus(row[0]), row[1], row[2])
 
-    async def renew_leases(self, owner: str, lease_s: float) -> int:
+    async def renew_leases(self, owner: str, lease_s: float, runs: Collection[str], deliveries: Collection[str]) -> int:
+        if not runs and not deliveries:
+            return 0
         expires = time.time() + lease_s
-        runs = await self._conn.execute(
-            f"UPDATE runs SET lease_expires_at = ? WHERE lease_owner = ? AND {UNFINISHED_SQL}", (expires, owner)
-        )
-        deliveries = await self._conn.execute(
-            "UPDATE deliveries SET lease_expires_at = ? WHERE lease_owner = ? AND status = 'pending'", (expires, owner)
-        )
-        await self._conn.commit()
-        return runs.rowcount + deliveries.rowcount
+        renewed = 0
+        async with self._transaction() as conn:
+            for table, ids, alive in (("runs", runs, UNFINISHED_SQL), ("deliveries", deliveries, "status = 'pending'")):
+                if ids:
+                    marks = ",".join("?" * len(ids))
+                    cursor = await conn.execute(
+                        f"UPDATE {table} SET lease_expires_at = ?"
+                        f" WHERE id IN ({marks}) AND lease_owner = ? AND {alive}",
+                        (expires, *ids, owner),
+                    )
+                    renewed += cursor.rowcount
+        return renewed
+
+    async def release_run(self, run_id: str, lease: Lease) -> None:
+        async with self._transaction() as conn:
+            await conn.execute(
+                "UPDATE runs SET lease_owner = NULL, lease_expires_at = NULL"
+                f" WHERE id = ? AND lease_owner = ? AND lease_token = ? AND {UNFINISHED_SQL}",
+                (run_id, *_lease(lease)),
+            )
 
     async def release_leases_of_others(self) -> None:
-        for table in ("runs", "deliveries"):
-            await self._conn.execute(
-                f"UPDATE {table} SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner IS NOT NULL"
-            )
-        await self._conn.commit()
+        async with self._transaction() as conn:
+            for table in ("runs", "deliveries"):
+                await conn.execute(
+                    f"UPDATE {table} SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner IS NOT NULL"
+                )
 
     async def release_leases(self, owner: str) -> None:
-        for table in ("runs", "deliveries"):
-            await self._conn.execute(
-                f"UPDATE {table} SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner = ?",
-                (owner,),
-            )
-        await self._conn.commit()
+        async with self._transaction() as conn:
+            for table in ("runs", "deliveries"):
+                await conn.execute(
+                    f"UPDATE {table} SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner = ?", (owner,)
+                )
 
     async def expire(
         self, now: float, result_ttl_s: float, run_ttl_s: float, idempotency_ttl_s: float = 86400.0
     ) -> Expired:
-        results = await self._conn.execute(
-            "UPDATE runs SET body = NULL, result_expired_at = ? WHERE id IN (SELECT id FROM runs r WHERE"
-            f" status = 'succeeded' AND result_expired_at IS NULL AND finished_at < ? AND {NO_PENDING_DELIVERY_SQL}"
-            " ORDER BY finished_at LIMIT ?)",
-            (now, now - result_ttl_s, RETENTION_BATCH),
-        )
-        old = [
-            row[0]
-            for row in await self._conn.execute_fetchall(
-                f"SELECT id FROM runs r WHERE created_at < ? AND {FINISHED_SQL}"
-                f" AND {NO_PENDING_DELIVERY_SQL} ORDER BY created_at LIMIT ?",
-                (now - run_ttl_s, RETENTION_BATCH),
+        async with self._transaction() as conn:
+            results = await conn.execute(
+                "UPDATE runs SET body = NULL, result_expired_at = ? WHERE id IN (SELECT id FROM runs r WHERE"
+                f" status = 'succeeded' AND result_expired_at IS NULL AND finished_at < ? AND {NO_PENDING_DELIVERY_SQL}"
+                " ORDER BY finished_at LIMIT ?)",
+                (now, now - result_ttl_s, RETENTION_BATCH),
             )
-        ]
-        marks = ",".join("?" * len(old))
-        await self._conn.execute(f"DELETE FROM deliveries WHERE run_id IN ({marks})", old)
-        await self._conn.execute(f"DELETE FROM runs WHERE id IN ({marks})", old)
-        await self._conn.execute(
-            "DELETE FROM idempotency WHERE rowid IN (SELECT rowid FROM idempotency WHERE created_at < ? LIMIT ?)",
-            (now - idempotency_ttl_s, RETENTION_BATCH),
-        )
-        await self._conn.commit()
+            old = [
+                row[0]
+                for row in await conn.execute_fetchall(
+                    f"SELECT id FROM runs r WHERE created_at < ? AND {FINISHED_SQL}"
+                    f" AND {NO_PENDING_DELIVERY_SQL} ORDER BY created_at LIMIT ?",
+                    (now - run_ttl_s, RETENTION_BATCH),
+                )
+            ]
+            marks = ",".join("?" * len(old))
+            await conn.execute(f"DELETE FROM deliveries WHERE run_id IN ({marks})", old)
+            await conn.execute(f"DELETE FROM runs WHERE id IN ({marks})", old)
+            await conn.execute(
+                "DELETE FROM idempotency WHERE rowid IN (SELECT rowid FROM idempotency WHERE created_at < ? LIMIT ?)",
+                (now - idempotency_ttl_s, RETENTION_BATCH),
+            )
         return Expired(results=results.rowcount, runs=len(old))
 
     async def usage(self) -> Usage:
-        async with self._conn.execute(
-            "SELECT COUNT(*), COUNT(body), COALESCE(SUM(LENGTH(body)), 0),"
-            " (SELECT COUNT(*) FROM deliveries WHERE status = 'pending'),"
-            " (SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()) FROM runs"
-        ) as cursor:
+        async with (
+            self._reading() as conn,
+            conn.execute(
+                "SELECT COUNT(*), COUNT(body), COALESCE(SUM(LENGTH(body)), 0),"
+                " (SELECT COUNT(*) FROM deliveries WHERE status = 'pending'),"
+                " (SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()) FROM runs"
+            ) as cursor,
+        ):
             row = await cursor.fetchone()
         assert row is not None
         return Usage(runs=row[0], results=row[1], result_bytes=row[2], pending_deliveries=row[3], disk_bytes=row[4])
+
+
+async def _fenced(conn: aiosqlite.Connection, what: str, lease: Lease, sql: str, params: tuple[Any, ...]) -> None:
+    """``sql`` ends in ``WHERE id = ?``; it runs only while ``lease`` is the current one. Inside a
+    ``_transaction``: its LeaseLost rolls back that transaction, nobody else's."""
+    cursor = await conn.execute(f"{sql} AND lease_owner = ? AND lease_token = ?", (*params, *_lease(lease)))
+    if cursor.rowcount == 0:
+        raise LeaseLost(what, lease)
+
+
+async def _insert_delivery(conn: aiosqlite.Connection, run_id: str, url: str, now: float) -> None:
+    await conn.execute(
+        "INSERT OR IGNORE INTO deliveries (id, run_id, url, status, attempts, next_attempt_at, updated_at)"
+        " VALUES (?, ?, ?, 'pending', 0, ?, ?)",
+        (delivery_id(run_id), run_id, url, now, now),
+    )
+
+
+async def _get_run(conn: aiosqlite.Connection, run_id: str, key_hash: str | None) -> Run | None:
+    async with conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)) as cursor:
+        row = await cursor.fetchone()
+    if row is None or (key_hash is not None and row["key_hash"] != key_hash):
+        return None
+    return _run(row)
 
 
 async def when_unlocked(step: Callable[[], Awaitable[None]], timeout_s: float = 30) -> None:
@@ -474,8 +537,7 @@ def _run(row: aiosqlite.Row, leased: bool = False) -> Run:
 
 
 def _delivery(row: Iterable[Any]) -> Delivery:
-    id, run_id, url, status, attempts, next_attempt_at, owner, token, run_status, body = row
+    id, run_id, url, run_status, body, status, attempts, next_attempt_at, owner, token = row
     return Delivery(
-        id, run_id, url, webhook_payload(run_status, body), DeliveryStatus(status), attempts, next_attempt_at,
-        Lease(owner, token),
-    )  # fmt: skip
+        id, run_id, url, run_status, body, DeliveryStatus(status), attempts, next_attempt_at, Lease(owner, token)
+    )

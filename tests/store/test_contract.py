@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -195,12 +196,59 @@ async def test_a_heartbeat_keeps_a_lease_past_its_first_expiry(store: RunStore) 
     lease = await webhook_run(store, "r1", lease_s=0.4)
     for _ in range(3):
         await asyncio.sleep(0.2)
-        assert await store.renew_leases(A, lease_s=0.4) == 1
+        assert await store.renew_leases(A, 0.4, runs=["r1"], deliveries=[]) == 1
     assert await store.claim_unfinished_runs(B, lease_s=LONG) == []
     await store.mark_processing("r1", lease)
     await asyncio.sleep(0.5)  # no heartbeat: it lapses
     assert [r.id for r in await store.claim_unfinished_runs(B, lease_s=LONG)] == ["r1"]
-    assert await store.renew_leases(A, lease_s=LONG) == 0  # nothing of A's left to renew
+    assert await store.renew_leases(A, LONG, runs=["r1"], deliveries=[]) == 0  # B's now: nothing of A's to renew
+
+
+async def test_a_heartbeat_renews_only_the_work_named_so_work_whose_task_died_lapses(store: RunStore) -> None:
+    """A replica names what its tasks are doing; what it holds but no task works (a run whose task died
+    without an outcome, a delivery whose attempt failed) is not renewed, and another replica takes it."""
+    await webhook_run(store, "live", lease_s=0.4)
+    await webhook_run(store, "orphan", lease_s=0.4)
+    await finished_with_delivery(store, "sending")
+    await finished_with_delivery(store, "stranded")
+    claimed = await store.claim_due_deliveries(A, time.time(), lease_s=0.4)
+    assert sorted(d.id for d in claimed) == ["msg_sending", "msg_stranded"]
+    assert await store.renew_leases(A, 0.4, runs=[], deliveries=[]) == 0  # nothing to do: no write at all
+    for _ in range(3):
+        await asyncio.sleep(0.2)
+        assert await store.renew_leases(A, 0.4, runs=["live", "gone"], deliveries=["msg_sending"]) == 2
+    assert [r.id for r in await store.claim_unfinished_runs(B, lease_s=LONG)] == ["orphan"]
+    assert [d.id for d in await store.claim_due_deliveries(B, time.time(), lease_s=LONG)] == ["msg_stranded"]
+    # Naming another owner's work renews nothing of it.
+    assert await store.renew_leases(A, LONG, runs=["orphan"], deliveries=["msg_stranded"]) == 0
+
+
+async def test_a_released_run_is_claimable_at_once_and_a_stale_release_is_a_no_op(store: RunStore) -> None:
+    lease = await webhook_run(store, "r1")
+    await store.release_run("r1", Lease(B, lease.token))  # not B's: nothing happens
+    await store.release_run("r1", Lease(A, lease.token + 1))  # not this token's
+    assert await store.claim_unfinished_runs(B, lease_s=LONG) == []
+    await store.release_run("r1", lease)
+    (taken,) = await store.claim_unfinished_runs(B, lease_s=LONG)
+    assert taken.lease == Lease(B, lease.token + 1)
+    await store.release_run("r1", lease)  # the old lease again: B's claim stands
+    assert await store.claim_unfinished_runs(A, lease_s=LONG) == []
+    await store.finish_run("r1", taken.lease, RunStatus.SUCCEEDED, {"result": []}, None)
+    await store.release_run("r1", taken.lease)  # a finished run stays finished
+    run = await store.get_run("r1")
+    assert run is not None and run.status == RunStatus.SUCCEEDED
+
+
+async def test_creating_a_run_again_after_a_lost_answer_hands_back_its_lease(store: RunStore) -> None:
+    """A retry of ``create_run`` whose first try landed (its answer lost with the connection) is not a
+    duplicate: the same owner gets the same lease; another owner or key does not get the run."""
+    first = await webhook_run(store, "r1")
+    assert await webhook_run(store, "r1") == first
+    with pytest.raises(LeaseLost, match="create_run"):
+        await webhook_run(store, "r1", owner=B)
+    with pytest.raises(LeaseLost, match="create_run"):
+        await store.create_run("r1", OTHER_KEY, PARAMS, b"png", HOOK, owner=A, lease_s=LONG)
+    assert [run.id for run in await store.list_runs(KEY, 10)] == ["r1"]
 
 
 async def test_released_work_is_claimable_at_once(store: RunStore) -> None:
@@ -402,3 +450,112 @@ async def test_progress_is_kept_while_processing_and_read_without_the_result(sto
     await store.set_progress("p1", {"step": 9, "total": 10, "preview": None})  # too late: kept as it was
     state = await store.run_state("p1", KEY)
     assert state is not None and state.status == RunStatus.SUCCEEDED and state.progress == progress
+
+
+async def staggered(write: Awaitable[Any], rng: random.Random) -> Any:
+    """``write`` after a few turns of the event loop, so that concurrent calls' statements interleave."""
+    for _ in range(rng.randrange(6)):
+        await asyncio.sleep(0)
+    return await write
+
+
+async def test_interleaved_writers_with_lost_leases_each_commit_whole_or_not_at_all(store: RunStore) -> None:
+    """Many writers at once on one store (on SQLite: one connection), some fenced out, claims among them.
+    Each successful finish or stop has its body and its delivery, each fenced-out write wrote nothing, no
+    write undid another's, and no reader ever saw a result without its delivery (a half-done transaction)."""
+    count = 32
+    leases = {f"r{i}": await webhook_run(store, f"r{i}") for i in range(count)}
+    for j in range(8):
+        await webhook_run(store, f"lapsed{j}", lease_s=0.01)
+    for j in range(count // 2):
+        await finished_with_delivery(store, f"d{j}", {"d": j})
+    claimed = {d.id: d for d in await store.claim_due_deliveries(A, time.time(), LONG)}
+    stale = Lease(B, 1)
+    await asyncio.sleep(0.05)  # the lapsed runs' leases are over
+
+    async def expect_lost(write: Awaitable[None]) -> str:
+        with pytest.raises(LeaseLost):
+            await write
+        return "lost"
+
+    async def done(write: Awaitable[Any]) -> str:
+        await write
+        return "done"
+
+    def delivery_attempt(j: int, lease: Lease) -> Awaitable[None]:
+        return store.record_attempt(
+            f"msg_d{j}", lease, status=DeliveryStatus.DELIVERED, attempts=1, next_attempt_at=time.time(),
+            http_status=200, error=None,
+        )  # fmt: skip
+
+    writes: dict[str, Awaitable[str]] = {}
+    for i in range(count):
+        run_id, body = f"r{i}", {"n": i}
+        kind = i % 4
+        if kind == 0:
+            writes[run_id] = done(store.finish_run(run_id, leases[run_id], RunStatus.SUCCEEDED, body, HOOK))
+        elif kind == 1:
+            writes[run_id] = expect_lost(store.finish_run(run_id, stale, RunStatus.SUCCEEDED, body, HOOK))
+        elif kind == 2:
+            writes[run_id] = done(store.stop_run(run_id, KEY, RunStatus.CANCELED, body))
+        else:
+            writes[run_id] = expect_lost(store.mark_processing(run_id, stale))
+    for j in range(count // 2):
+        lease = claimed[f"msg_d{j}"].lease if j % 2 == 0 else Lease(B, 1)
+        writes[f"d{j}"] = (done if j % 2 == 0 else expect_lost)(delivery_attempt(j, lease))
+    writes["claim"] = done(store.claim_unfinished_runs(B, LONG))
+    writes["claim deliveries"] = done(store.claim_due_deliveries(B, time.time(), LONG))
+    order = list(writes)
+    rng = random.Random(29)
+    rng.shuffle(order)
+    torn: list[str] = []
+    stop_reading = asyncio.Event()
+
+    async def reader() -> None:
+        while not stop_reading.is_set():
+            for i in range(0, count, 2):  # the finished and the stopped
+                run = await store.get_run(f"r{i}")
+                if run is not None and run.status.is_terminal and await store.delivery_for_run(f"r{i}") is None:
+                    torn.append(f"r{i} {run.status} without its delivery")
+            await asyncio.sleep(0)
+
+    reading = asyncio.create_task(reader())
+    outcomes = dict(zip(order, await asyncio.gather(*(staggered(writes[n], rng) for n in order)), strict=True))
+    stop_reading.set()
+    await reading
+    assert not torn, torn
+    assert all(outcome in ("done", "lost") for outcome in outcomes.values())
+    for i in range(count):
+        run = await store.get_run(f"r{i}")
+        assert run is not None
+        delivery = await store.delivery_for_run(f"r{i}")
+        if i % 4 == 0:
+            assert (run.status, run.body, delivery is not None) == (RunStatus.SUCCEEDED, {"n": i}, True), run
+        elif i % 4 == 2:
+            assert (run.status, run.body, delivery is not None) == (RunStatus.CANCELED, {"n": i}, True), run
+        else:  # fenced out: as created
+            assert (run.status, run.body, run.started_at, delivery) == (RunStatus.QUEUED, None, None, None), run
+    for j in range(count // 2):
+        state = await store.delivery_for_run(f"d{j}")
+        assert state is not None
+        assert state.status == (DeliveryStatus.DELIVERED if j % 2 == 0 else DeliveryStatus.PENDING), (j, state)
+    taken = await store.list_runs(KEY, 100)
+    assert sorted(r.id for r in taken if r.id.startswith("lapsed") and r.status == RunStatus.QUEUED) == [
+        f"lapsed{j}" for j in range(8)
+    ]
+    assert await store.claim_unfinished_runs(B, LONG) == []  # the claim took every lapsed run, and only those
+
+
+async def test_a_claim_racing_a_release_of_its_key_never_fails(store: RunStore) -> None:
+    """A claim that finds the key taken reads it in the same transaction: a release landing in between
+    cannot make the record it found disappear."""
+    rng = random.Random(29)
+    outcomes = []
+    for n in range(60):
+        now = time.time()
+        await store.release_idempotency(KEY, "k")
+        assert await store.claim_idempotency(KEY, "k", "fp", "first", now=now, ttl_s=60) is None
+        claim = store.claim_idempotency(KEY, "k", "fp", f"run-{n}", now=now, ttl_s=60)
+        found, _ = await asyncio.gather(claim, staggered(store.release_idempotency(KEY, "k"), rng))
+        outcomes.append("claimed" if found is None else found.run_id)
+    assert set(outcomes) <= {"claimed", "first"}
