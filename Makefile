@@ -15,7 +15,7 @@ TINY_STAMP := $(TINY_MODEL_DIR)/tiny_model_build.json
 SERVED_MODEL := $(if $(filter $(abspath $(TINY_MODEL_DIR)),$(abspath $(MODEL_DIR))),model,setup)
 
 .PHONY: setup model model-sd15 postgres browser perf-analyzer playground-shot triton serve serve-replicas serve-sd15 real-size test lint reliability bench \
-	bench-replicas gpu-carry gpu-rehearsal gpu-report clean
+	bench-replicas gpu-carry gpu-rehearsal gpu-report mutation clean
 
 setup: $(SETUP_STAMP)
 
@@ -127,6 +127,16 @@ gpu-rehearsal: model gpu-carry
 GPU_OUT ?= .build/gpu
 gpu-report:
 	OUT=$(GPU_OUT) bash bench/gpu/run.sh $(GPU_ARGS)
+
+# Mutation testing of the rules that protect users (docs/mutation.md): mutmut, installed into the venv on first
+# use, runs each scope of bench/mutation.py against the in-process tests, one worker, niced; about 7 min here.
+# Not part of make test. One scope: make mutation MUTATION_ARGS=auth; the phase-2 scopes: MUTATION_ARGS="--phase 2".
+MUTMUT_VERSION := 3.8.1
+MUTATION_ARGS ?=
+mutation: setup
+	@$(PY) -m pip show mutmut 2>/dev/null | grep -qx 'Version: $(MUTMUT_VERSION)' || \
+		$(PY) -m pip install --quiet mutmut==$(MUTMUT_VERSION)
+	nice -n 10 $(PY) -m bench.mutation $(MUTATION_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -37,7 +37,8 @@ async def fetch_file_url(
     target = check_url(url, "file_url")
     timeout = aiohttp.ClientTimeout(total=total_timeout_s, sock_connect=connect_timeout_s)
     try:
-        async with session.get(target, timeout=timeout, max_redirects=max_redirects) as response:
+        # aiohttp raises on its max_redirects-th redirect (and 0 is no limit there): + 1 follows exactly ours.
+        async with session.get(target, timeout=timeout, max_redirects=max_redirects + 1) as response:
             if response.status != 200:
                 raise FileUrlFailed(f"file_url answered HTTP {response.status}", param="file_url")
             if response.content_length is not None and response.content_length > max_bytes:

@@ -82,7 +82,7 @@ def check_bounds(body: PredictBody, settings: Settings) -> None:
     ]
     for name, value, limit in limits:
         if value > limit:
-            what = "length" if "prompt" in name else "value"
+            what = "length" if name in ("prompt", "negative_prompt") else "value"
             raise InvalidRequest(f"{name}: {what} must be at most {limit} but is {value}", param=name)
     if body.seed is not None and body.seed + body.num_images_per_prompt - 1 > MAX_SEED:
         raise InvalidRequest(f"seed: must be at most {MAX_SEED - body.num_images_per_prompt + 1}", param="seed")
