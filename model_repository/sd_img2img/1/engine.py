@@ -165,7 +165,8 @@ class StepPlanner:
         return min(self.active, key=lambda group: self.served_s[group])
 
     def charge(self, group: Hashable, seconds: float) -> None:
-        self.served_s[group] = self.served_s.get(group, 0.0) + seconds
+        if group in self.active:  # a group that left during its forward (it failed) keeps no account
+            self.served_s[group] += seconds
 
     def remove(self, job: Job[Any]) -> None:
         jobs = self.active.get(job.group, [])
@@ -293,7 +294,7 @@ class StepEngine:
         self._admit()
         with self._lock:
             group = self.planner.next_group()
-            jobs = list(self.planner.active.get(group, [])) if group is not None else []
+            jobs = list(self.planner.active.get(group, []))  # None is a group too (any Hashable)
         jobs = self._drop_cancelled(jobs)
         if not jobs:
             return bool(self.planner.jobs)
@@ -353,11 +354,13 @@ class StepEngine:
                 return
             try:
                 flights = self.denoiser.admit([job.request for job in live])
+                # One flight per request, or they all fail: one left without a flight would be in no list.
+                admitted = list(zip(live, flights, strict=True))
             except Exception as exc:
                 self._fail(live, exc)
                 return
             with self._lock:
-                for job, flight in zip(live, flights, strict=True):
+                for job, flight in admitted:
                     if not job.settled:  # stop() claimed it while it was being admitted
                         job.flight = flight
                         self.planner.activate(job)
