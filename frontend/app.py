@@ -147,7 +147,10 @@ async def _runs(app: web.Application) -> AsyncIterator[None]:
         for loop in loops:
             loop.cancel()
         await asyncio.gather(*loops, return_exceptions=True)
-        await store.release_leases(owner)
+        try:
+            await store.release_leases(owner)
+        except Exception as exc:  # noqa: BLE001 - a store already gone (an interrupted shutdown): they lapse
+            log.warning("leases not handed back (%r); they lapse within SD_LEASE_S", exc)
 
 
 async def _drain(app: web.Application) -> None:

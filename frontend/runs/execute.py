@@ -89,7 +89,7 @@ class RunTakenOver(BackendUnavailable):
     def __init__(self, run_id: str) -> None:
         super().__init__(
             f"run {run_id} was taken over by another replica after this one stalled; its outcome there stands"
-            " (GET /runs/{run_id}); send it again if it failed"
+            f" (GET /runs/{run_id}); send it again if it failed"
         )
 
 

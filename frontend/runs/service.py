@@ -247,13 +247,6 @@ class RunService:
             )
             self._stop_local(run_id)
 
-    async def outcome(self, run_id: str, key_hash: str) -> tuple[int, dict[str, Any]]:
-        """A finished synchronous run's answer, from its record: what any replica would answer."""
-        answer = await self._recorded_answer(run_id, key_hash, final_only=False)
-        if answer is None:
-            raise NotFound.run(run_id)
-        return answer
-
     async def _recorded_answer(
         self, run_id: str, key_hash: str, *, final_only: bool
     ) -> tuple[int, dict[str, Any]] | None:

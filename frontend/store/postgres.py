@@ -163,7 +163,7 @@ class PostgresRunStore:
             if inserted:
                 return Lease(owner, 1)
             found = await conn.fetchrow("SELECT key_hash, lease_owner, lease_token FROM runs WHERE id = $1", run_id)
-        return created_before(run_id, key_hash, owner, found)
+        return created_before(key_hash, owner, found)
 
     async def mark_processing(self, run_id: str, lease: Lease) -> None:
         async with self._connection() as conn:

@@ -122,8 +122,8 @@ def delivery_id(run_id: str) -> str:
     return f"msg_{run_id}"
 
 
-def created_before(run_id: str, key_hash: str, owner: str, found: Any) -> Lease:
-    """``create_run`` found ``run_id`` there already (``found``: its key_hash, lease_owner, lease_token):
+def created_before(key_hash: str, owner: str, found: Any) -> Lease:
+    """``create_run`` found its run id taken already (``found``: that run's key_hash, lease_owner, lease_token):
     our own earlier attempt, whose answer was lost with the connection, hands back its lease."""
     if found is not None and found[0] == key_hash and found[1] == owner:
         return Lease(owner, found[2])

@@ -172,7 +172,8 @@ class SqliteRunStore:
                 yield conn
                 await conn.execute("COMMIT")
             except BaseException:
-                with contextlib.suppress(sqlite3.OperationalError):  # none open (BEGIN failed, or COMMIT ran)
+                # None open (BEGIN failed, or COMMIT ran), or the connection is gone: the first error is the one.
+                with contextlib.suppress(sqlite3.OperationalError, ValueError):
                     await conn.execute("ROLLBACK")
                 raise
 
@@ -208,7 +209,7 @@ class SqliteRunStore:
                 return Lease(owner, 1)
             async with conn.execute("SELECT key_hash, lease_owner, lease_token FROM runs WHERE id = ?", (run_id,)) as c:
                 row = await c.fetchone()
-        return created_before(run_id, key_hash, owner, row)
+        return created_before(key_hash, owner, row)
 
     async def mark_processing(self, run_id: str, lease: Lease) -> None:
         async with self._transaction() as conn:

@@ -17,8 +17,9 @@ from aiohttp.test_utils import TestClient
 
 from frontend.app_keys import RUNS, STORE
 from frontend.auth import key_hash
-from frontend.errors import NotFound
+from frontend.errors import BackendUnavailable, NotFound
 from frontend.http.playground import PUBLIC_PATHS as PLAYGROUND_PATHS
+from frontend.runs.execute import RunStopped, RunTakenOver
 from frontend.settings import Settings
 from frontend.store import Run, RunStatus
 
@@ -123,7 +124,9 @@ async def test_a_webhook_runs_view_and_cancel_show_its_delivery(api: Api, backen
     run = await api.server.app[STORE].get_run(run_id, key_hash(OWNER))
     assert run is not None
     assert run.body == {"run_id": run_id, "message": "The run was canceled", "reason": "canceled by request"}
-    status, outcome = await api.server.app[RUNS].outcome(run_id, key_hash(OWNER))
+    recorded = await api.server.app[RUNS]._finished_answer(run_id, key_hash(OWNER))
+    assert recorded is not None
+    status, outcome = recorded
     assert status == 409 and outcome["error"]["run"]["webhook"]["status"] == "pending"
 
 
@@ -183,9 +186,7 @@ async def test_a_replay_whose_answer_was_not_recorded_comes_from_the_runs_record
     with pytest.raises(Exception) as in_use:
         await runs.idempotency.replay(owner, "k", first, "fp")
     assert getattr(in_use.value, "code", None) == "idempotency_key_in_use"
-    assert await runs.outcome("run-r", owner) == (
-        500, {"run_id": "run-r", "error": {"code": "internal_error", "message": "no answer recorded"}}
-    )  # fmt: skip
+    assert await runs._finished_answer("run-r", owner) is None  # unfinished: nothing to replay yet
     await runs.cancel("run-r", owner, reason="stopped for the test")
     status, replayed = await runs.idempotency.replay(owner, "k", first, "fp")
     error = json.loads(replayed)["error"]
@@ -195,9 +196,8 @@ async def test_a_replay_whose_answer_was_not_recorded_comes_from_the_runs_record
         "run run-r was canceled: stopped for the test",
     )
     assert error["run"]["run_id"] == "run-r" and error["run"]["status"] == "canceled"
-    with pytest.raises(NotFound) as not_theirs:
-        await runs.outcome("run-r", key_hash(OTHER))
-    assert not_theirs.value.message == "no run 'run-r' for this API key"
+    assert await runs._finished_answer("run-r", owner) is not None
+    assert await runs._finished_answer("run-r", key_hash(OTHER)) is None  # another key's run: nothing
     with pytest.raises(NotFound):
         await runs.cancel("run-r", key_hash(OTHER))
     assert await runs.view("run-r", key_hash(OTHER)) is None
@@ -308,3 +308,67 @@ async def test_a_deadline_stop_is_recorded_as_aborted(api: Api) -> None:
     view, stopped = await runs.cancel("run-d", owner, status=RunStatus.ABORTED, reason="its Cancel-After passed")
     assert stopped and view["status"] == "aborted"
     assert view["message"] == "The run was aborted: its Cancel-After passed before it reached the model"
+
+
+# -- a synchronous caller's answer (RunService.answer): as its task ended here, else as recorded, for its key only --
+async def ended(outcome: Any) -> asyncio.Task[dict[str, Any]]:
+    """A finished task: it returned ``outcome``, or raised it (an exception), or was cancelled (``None``)."""
+
+    async def work() -> dict[str, Any]:
+        if outcome is None:
+            await asyncio.sleep(3600)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return dict(outcome)
+
+    task = asyncio.create_task(work())
+    if outcome is None:
+        await asyncio.sleep(0)
+        task.cancel()
+    await asyncio.wait({task})
+    return task
+
+
+async def test_a_synchronous_callers_answer_is_its_tasks_when_the_task_ended_here(api: Api) -> None:
+    runs = api.server.app[RUNS]
+    assert await runs.answer(await ended({"run_id": "r", "result": ["x"]}), key_hash(OWNER), "r") == (
+        200,
+        {"run_id": "r", "result": ["x"]},
+    )
+    busy = BackendUnavailable("the model's queue is full; retry later", retry_after_s=7)
+    with pytest.raises(BackendUnavailable) as raised:  # as it happened, Retry-After and all; not the record's
+        await runs.answer(await ended(busy), key_hash(OWNER), "no-such-run")
+    assert raised.value is busy and raised.value.headers == {"Retry-After": "7"}
+
+
+async def test_a_stopped_or_taken_over_runs_answer_is_its_record_for_its_own_key_only(api: Api) -> None:
+    runs, store, owner = api.server.app[RUNS], api.server.app[STORE], key_hash(OWNER)
+    await store.create_run("run-s", owner, {"prompt": "a cat"}, None, None, owner="here", lease_s=60)
+    await runs.cancel("run-s", owner, reason="stopped for the test")
+    for ending in (RunStopped("run-s", RunStatus.CANCELED), RunTakenOver("run-s"), RuntimeError("a bug"), None):
+        status, payload = await runs.answer(await ended(ending), owner, "run-s")
+        assert (status, payload["error"]["code"]) == (409, "run_canceled"), ending
+        assert payload["error"]["message"] == "run run-s was canceled: stopped for the test"
+        # Another key's run is no answer of theirs: to them it was never recorded.
+        with pytest.raises(RunTakenOver) as theirs:
+            await runs.answer(await ended(ending), key_hash(OTHER), "run-s")
+        assert "run-s" in theirs.value.message
+
+
+async def test_a_run_not_final_yet_answers_taken_over_never_no_answer_recorded(api: Api) -> None:
+    """Taken over by another replica and still running there, or its task cut short here (a shutdown): the
+    caller is told where it stands (503, the run id), not a 500 read off an unfinished record."""
+    runs, store, owner = api.server.app[RUNS], api.server.app[STORE], key_hash(OWNER)
+    await store.create_run("run-u", owner, {"prompt": "a cat"}, None, None, owner="elsewhere", lease_s=60)
+    taken = RunTakenOver("run-u")
+    with pytest.raises(RunTakenOver) as raised:
+        await runs.answer(await ended(taken), owner, "run-u")
+    assert raised.value is taken
+    for ending in (None, RuntimeError("a bug"), RunStopped("run-u", RunStatus.CANCELED)):
+        with pytest.raises(RunTakenOver) as raised:
+            await runs.answer(await ended(ending), owner, "run-u")
+        assert raised.value.status == 503 and "run run-u was taken over" in raised.value.message, ending
+    # Once it is final there, its record is the answer.
+    await store.stop_run("run-u", None, RunStatus.CANCELED, {"run_id": "run-u", "reason": "done there"})
+    status, payload = await runs.answer(await ended(taken), owner, "run-u")
+    assert (status, payload["error"]["message"]) == (409, "run run-u was canceled: done there")

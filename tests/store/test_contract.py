@@ -97,6 +97,39 @@ async def test_mark_processing_needs_the_current_lease(store: RunStore) -> None:
     assert run is not None and run.status == RunStatus.PROCESSING and run.started_at is not None
 
 
+async def test_a_refused_write_names_itself_and_the_lease_it_was_made_under(store: RunStore) -> None:
+    """What the log and a caller read: the write that was refused, and whose lease (owner, token) it held."""
+    lease = await webhook_run(store, "r1")
+    await finished_with_delivery(store, "d1")
+    (delivery,) = await store.claim_due_deliveries(A, time.time(), LONG)
+    stale = Lease(B, 1)
+    refused: dict[str, Callable[[], Awaitable[Any]]] = {
+        "mark_processing": lambda: store.mark_processing("r1", stale),
+        "finish_run": lambda: store.finish_run("r1", stale, RunStatus.SUCCEEDED, {"result": []}, HOOK),
+        "record_attempt": lambda: store.record_attempt(
+            delivery.id,
+            stale,
+            status=DeliveryStatus.DELIVERED,
+            attempts=1,
+            next_attempt_at=0,
+            http_status=200,
+            error=None,
+        ),
+        "create_run": lambda: webhook_run(store, "r1", owner=B),
+    }
+    for what, write in refused.items():
+        with pytest.raises(LeaseLost) as lost:
+            await write()
+        assert str(lost.value) == f"{what}: the lease of 'replica-b' (token 1) was taken over"
+        assert lost.value.lease == stale
+    run = await store.get_run("r1")
+    assert run is not None and (run.status, run.body, run.started_at) == (RunStatus.QUEUED, None, None)
+    assert await store.delivery_for_run("r1") is None
+    state = await store.delivery_for_run("d1")
+    assert state is not None and (state.status, state.attempts) == (DeliveryStatus.PENDING, 0)
+    await store.finish_run("r1", lease, RunStatus.SUCCEEDED, {"result": []}, None)  # the holder's lease still works
+
+
 async def test_get_run_is_scoped_to_the_key_that_created_it(store: RunStore) -> None:
     await store.create_run("r1", KEY, PARAMS, None, None, owner=A, lease_s=LONG)
     assert (await store.get_run("r1", KEY)) is not None
@@ -177,6 +210,27 @@ async def test_claims_skip_live_leases_and_take_expired_ones_oldest_first(store:
     assert await store.claim_unfinished_runs(A, lease_s=LONG) == []  # now B's
 
 
+async def test_a_claim_takes_the_oldest_lapsed_runs_up_to_its_limit_and_raises_each_token_by_one(
+    store: RunStore,
+) -> None:
+    for n in range(19):
+        await webhook_run(store, f"r{n:02}", lease_s=0.01)
+    await webhook_run(store, "held")  # a live lease is never taken, however old the run
+    await finished_with_delivery(store, "done")  # nor a finished run
+    await asyncio.sleep(0.05)
+    first = await store.claim_unfinished_runs(B, lease_s=LONG, limit=2)
+    assert [(r.id, r.lease) for r in first] == [("r00", Lease(B, 2)), ("r01", Lease(B, 2))]
+    default = await store.claim_unfinished_runs(B, lease_s=LONG)  # 16 at most
+    assert [r.id for r in default] == [f"r{n:02}" for n in range(2, 18)]
+    assert [r.id for r in await store.claim_unfinished_runs(B, lease_s=LONG)] == ["r18"]
+    assert await store.claim_unfinished_runs(A, lease_s=LONG) == []
+    await store.release_run("r01", Lease(B, 2))  # given back: taken again, one token up
+    assert [(r.id, r.lease) for r in await store.claim_unfinished_runs(A, lease_s=LONG)] == [("r01", Lease(A, 3))]
+    with pytest.raises(LeaseLost):  # the earlier holder is fenced out
+        await store.mark_processing("r01", Lease(B, 2))
+    await store.mark_processing("r01", Lease(A, 3))
+
+
 async def test_a_stale_replicas_writes_after_takeover_are_refused(store: RunStore) -> None:
     stale = await webhook_run(store, "r1", lease_s=0.2)
     await asyncio.sleep(0.3)
@@ -223,6 +277,20 @@ async def test_a_heartbeat_renews_only_the_work_named_so_work_whose_task_died_la
     assert await store.renew_leases(A, LONG, runs=["orphan"], deliveries=["msg_stranded"]) == 0
 
 
+async def test_a_heartbeat_of_deliveries_alone_renews_them(store: RunStore) -> None:
+    await finished_with_delivery(store, "r1")
+    (delivery,) = await store.claim_due_deliveries(A, time.time(), lease_s=0.4)
+    for _ in range(3):
+        await asyncio.sleep(0.2)
+        assert await store.renew_leases(A, 0.4, runs=[], deliveries=[delivery.id]) == 1
+    assert await store.claim_due_deliveries(B, time.time(), lease_s=LONG) == []  # past its first expiry, still A's
+    await store.record_attempt(
+        delivery.id, delivery.lease, status=DeliveryStatus.DELIVERED, attempts=1, next_attempt_at=time.time(),
+        http_status=200, error=None,
+    )  # fmt: skip
+    assert await store.renew_leases(A, 0.4, runs=[], deliveries=[delivery.id]) == 0  # delivered: nothing to renew
+
+
 async def test_a_released_run_is_claimable_at_once_and_a_stale_release_is_a_no_op(store: RunStore) -> None:
     lease = await webhook_run(store, "r1")
     await store.release_run("r1", Lease(B, lease.token))  # not B's: nothing happens
@@ -237,6 +305,27 @@ async def test_a_released_run_is_claimable_at_once_and_a_stale_release_is_a_no_o
     await store.release_run("r1", taken.lease)  # a finished run stays finished
     run = await store.get_run("r1")
     assert run is not None and run.status == RunStatus.SUCCEEDED
+
+
+async def test_sqlite_hands_back_every_lease_when_it_is_opened(tmp_path: Path) -> None:
+    """(SQLite only: one process per file, so a lease found at start is a previous process's, and it is gone.
+    Several PostgreSQL replicas share their leases and wait for them to lapse.)"""
+    url = f"sqlite:///{tmp_path / 'runs.sqlite3'}"
+    before = open_store(url)
+    await before.open()
+    await webhook_run(before, "r1")
+    await finished_with_delivery(before, "r2")
+    assert [d.id for d in await before.claim_due_deliveries(A, time.time(), LONG)] == ["msg_r2"]
+    await before.close()
+    after = open_store(url)
+    await after.open()
+    try:
+        (run,) = await after.claim_unfinished_runs(B, LONG)
+        assert (run.id, run.lease) == ("r1", Lease(B, 2))
+        (delivery,) = await after.claim_due_deliveries(B, time.time(), LONG)
+        assert (delivery.id, delivery.lease) == ("msg_r2", Lease(B, 2))
+    finally:
+        await after.close()
 
 
 async def test_creating_a_run_again_after_a_lost_answer_hands_back_its_lease(store: RunStore) -> None:
@@ -308,6 +397,32 @@ async def test_due_deliveries_come_soonest_first_and_one_claimer_gets_each(
     # Replicas race for the rest at the same instant: each due delivery goes to exactly one.
     results = await asyncio.gather(*(peer.claim_due_deliveries(f"peer-{i}", now, LONG) for i, peer in enumerate(peers)))
     assert sorted(d.id for batch in results for d in batch) == ["msg_c"]
+
+
+async def test_a_delivery_is_due_from_its_instant_and_a_claim_returns_the_soonest_first_up_to_its_limit(
+    store: RunStore,
+) -> None:
+    for n in range(34):
+        await finished_with_delivery(store, f"r{n:02}")
+    claimed = {d.id: d for d in await store.claim_due_deliveries(A, time.time(), lease_s=0.01, limit=100)}
+    assert all(d.lease == Lease(A, 1) for d in claimed.values())
+    due = float(int(time.time())) - 100  # exact in both engines' floats
+    # r00 due last, r01 first, the rest in between in order; r33 not before `due + 50`.
+    times = {"r00": due + 40, "r01": due - 40, "r33": due + 50} | {f"r{n:02}": due + n for n in range(2, 33)}
+    for run_id, at in times.items():
+        await store.record_attempt(
+            f"msg_{run_id}", claimed[f"msg_{run_id}"].lease, status=DeliveryStatus.PENDING, attempts=1,
+            next_attempt_at=at, http_status=503, error="HTTP 503",
+        )  # fmt: skip
+    assert await store.claim_due_deliveries(B, due - 40.001, LONG) == []  # not due yet
+    (first,) = await store.claim_due_deliveries(B, due - 40, lease_s=0.01)  # due at that very instant
+    assert (first.id, first.lease, first.next_attempt_at) == ("msg_r01", Lease(B, 2), due - 40)
+    await asyncio.sleep(0.05)  # B's lease lapses: the next claim takes it again, one token up
+    batch = await store.claim_due_deliveries(A, due + 45, LONG)  # 32 at most, soonest first
+    assert [d.id for d in batch] == ["msg_r01", *(f"msg_r{n:02}" for n in range(2, 33))]
+    assert batch[0].lease == Lease(A, 3)
+    rest = await store.claim_due_deliveries(A, due + 45, LONG)
+    assert [d.id for d in rest] == ["msg_r00"]  # r33 is not due at due + 45
 
 
 async def test_a_final_attempt_ends_the_delivery(store: RunStore) -> None:
@@ -417,6 +532,18 @@ async def test_stop_outranks_the_lease_fences_the_worker_out_and_announces_once(
     assert await worker.claim_unfinished_runs(B, LONG) == []
 
 
+async def test_finished_among_names_only_the_runs_asked_about_that_have_ended(store: RunStore) -> None:
+    await finished_with_delivery(store, "done")
+    await finished_with_delivery(store, "done, not asked")
+    await webhook_run(store, "running")
+    await store.create_run("sync", KEY, PARAMS, None, None, owner=A, lease_s=LONG, status=RunStatus.PROCESSING)
+    stopped = await store.stop_run("sync", None, RunStatus.ABORTED, {"reason": "deadline"})
+    assert stopped is not None and stopped[1] and stopped[0].status == RunStatus.ABORTED
+    assert await store.delivery_for_run("sync") is None  # stopped without a webhook: no delivery row
+    assert sorted(await store.finished_among(["done", "running", "sync", "nope"])) == ["done", "sync"]
+    assert await store.finished_among(["running"]) == [] and await store.finished_among([]) == []
+
+
 async def test_an_idempotency_key_is_claimed_once_per_api_key_and_replays_its_answer(store: RunStore) -> None:
     now = time.time()
     assert await store.claim_idempotency(KEY, "k", "f1", "r1", now=now, ttl_s=60) is None
@@ -431,6 +558,39 @@ async def test_an_idempotency_key_is_claimed_once_per_api_key_and_replays_its_an
     assert await store.claim_idempotency(KEY, "k", "f6", "r6", now=now, ttl_s=60) is None
     await store.expire(now + 10, 3600, 3600, idempotency_ttl_s=5)
     assert await store.claim_idempotency(KEY, "k", "f7", "r7", now=now + 10, ttl_s=3600) is None  # retention took it
+
+
+async def test_an_idempotency_key_is_held_for_exactly_its_ttl(store: RunStore) -> None:
+    now = float(int(time.time()))  # whole seconds: now + 60 - 60 is now again, exactly
+    assert await store.claim_idempotency(KEY, "k", "f1", "r1", now=now, ttl_s=60) is None
+    held = await store.claim_idempotency(KEY, "k", "f2", "r2", now=now + 60, ttl_s=60)  # the last instant
+    assert held is not None and (held.fingerprint, held.run_id, held.created_at) == ("f1", "r1", now)
+    assert await store.claim_idempotency(KEY, "k", "f3", "r3", now=now + 60.001, ttl_s=60) is None  # then free
+    again = await store.claim_idempotency(KEY, "k", "f4", "r4", now=now + 61, ttl_s=60)
+    assert again is not None and (again.fingerprint, again.run_id) == ("f3", "r3")
+
+
+async def test_an_idempotency_record_is_read_answered_and_released_alone(store: RunStore) -> None:
+    """The same Idempotency-Key under another API key, and another key under the same API key, are other
+    records: a claim reads its own, an answer or a release touches only its own."""
+    now = time.time()
+    assert await store.claim_idempotency(OTHER_KEY, "k", "theirs", "r0", now=now, ttl_s=60) is None
+    assert await store.claim_idempotency(KEY, "k2", "mine too", "r1", now=now, ttl_s=60) is None
+    assert await store.claim_idempotency(KEY, "k", "mine", "r2", now=now, ttl_s=60) is None
+    await store.answer_idempotency(KEY, "k", 200, '{"mine": 1}')
+
+    async def held(key_hash: str, key: str) -> tuple[str, str, int | None, str | None]:
+        record = await store.claim_idempotency(key_hash, key, "again", "r9", now=now, ttl_s=60)
+        assert record is not None
+        return record.fingerprint, record.run_id, record.response_status, record.response_body
+
+    assert await held(KEY, "k") == ("mine", "r2", 200, '{"mine": 1}')
+    assert await held(OTHER_KEY, "k") == ("theirs", "r0", None, None)
+    assert await held(KEY, "k2") == ("mine too", "r1", None, None)
+    await store.release_idempotency(KEY, "k")
+    assert await held(OTHER_KEY, "k") == ("theirs", "r0", None, None)
+    assert await held(KEY, "k2") == ("mine too", "r1", None, None)
+    assert await store.claim_idempotency(KEY, "k", "new", "r3", now=now, ttl_s=60) is None
 
 
 async def test_progress_is_kept_while_processing_and_read_without_the_result(store: RunStore) -> None:
