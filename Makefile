@@ -14,7 +14,7 @@ TINY_STAMP := $(TINY_MODEL_DIR)/tiny_model_build.json
 # Only the default tiny-model folder is ever built: a MODEL_DIR of yours is served as it is, never written.
 SERVED_MODEL := $(if $(filter $(abspath $(TINY_MODEL_DIR)),$(abspath $(MODEL_DIR))),model,setup)
 
-.PHONY: setup model model-sd15 postgres browser perf-analyzer playground-shot triton serve serve-replicas serve-sd15 real-size test lint reliability bench \
+.PHONY: setup model model-sd15 postgres browser perf-analyzer playground-shot triton serve serve-replicas serve-fleet serve-sd15 real-size test lint reliability bench \
 	bench-replicas gpu-carry gpu-rehearsal gpu-report mutation clean
 
 setup: $(SETUP_STAMP)
@@ -74,6 +74,14 @@ serve: $(SERVED_MODEL)
 serve-replicas: $(SERVED_MODEL) postgres
 	$(PY) -m embedded.replicas --model-path $(MODEL_DIR) $(SERVE_ARGS)
 
+# A fleet on this machine: PODS tritonservers on 127.0.0.2 and up (the same ports, each its own copy of the model
+# repository, as Kubernetes pods), PostgreSQL and the frontends of serve-replicas placing runs on all of them.
+# PACE_MS=250 makes each denoising step last 250 ms, as a GPU step would. Ctrl-C, SIGTERM or SIGHUP stops all.
+PODS ?= 3
+PACE_MS ?= 0
+serve-fleet: $(SERVED_MODEL) postgres
+	$(PY) -m embedded.replicas --model-path $(MODEL_DIR) --pods $(PODS) --pace-ms $(PACE_MS) $(SERVE_ARGS)
+
 # The same stack on the full-size random-weight SD 1.5. On a CPU a default request (40 denoising steps at
 # 512x512) takes about 20 min, so the frontend's Triton deadline is an hour here unless you set one.
 serve-sd15: model-sd15
@@ -102,6 +110,7 @@ BENCH_ARGS ?=
 bench: model postgres perf-analyzer
 	$(PY) -m bench.run_all $(BENCH_ARGS)
 	$(PY) -m bench.replicas
+	$(PY) -m bench.fleet
 	$(PY) -m bench.step_batching
 	$(PY) -m bench.step_cost
 	$(PY) -m bench.auth_timing

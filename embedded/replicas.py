@@ -1,4 +1,7 @@
 """``make serve-replicas``: a local PostgreSQL, one tritonserver, and three frontends sharing them.
+``make serve-fleet``: the same with ``--pods N`` tritonservers, one per loopback address (127.0.0.2 and up,
+each its own copy of the model repository, as separate pods; ``--pace-ms``: a fixed time per denoising
+step, as a GPU would take), every frontend placing runs on all of them (``SD_TRITON_URL=ipv4:...``).
 
 The frontends listen on 8080, 8081 and 8082 (``--ports``), share one run store (PostgreSQL, data in
 ``.pgdata/``, or your ``SD_DATABASE_URL``), one API key and one webhook secret (``SD_API_KEYS`` and
@@ -17,9 +20,11 @@ from pathlib import Path
 
 from embedded.frontend_process import Frontend, FrontendStartError, own_settings, start_all, stop_all
 from embedded.lifecycle import ignore_stop_signals, stop_on_signals
+from embedded.pods import fleet_url, make_pods, start_pods, stop_pods
 from embedded.postgres import EmbeddedPostgres, PostgresError
 from embedded.stack import add_triton_arguments, fill_dev_credentials, start_triton, stop_triton
-from embedded.triton_server import REPO_ROOT, TritonStartError
+from embedded.tiny_model import build
+from embedded.triton_server import DEFAULT_MODEL_PATH, REPO_ROOT, EmbeddedTriton, TritonStartError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ports", default="8080,8081,8082", help="one frontend per port")
     parser.add_argument("--pg-data", default=".pgdata", help="the local PostgreSQL's folder (kept across runs)")
     parser.add_argument("--pg-port", type=int, default=55432)
+    parser.add_argument("--pods", type=int, default=0, help="tritonservers on 127.0.0.2 and up (0: one on 127.0.0.1)")
+    parser.add_argument("--pace-ms", type=int, default=0, help="each pod's time per denoising step, at least")
     args = parser.parse_args(argv)
     ports = [int(port) for port in args.ports.split(",")]
 
@@ -41,15 +48,21 @@ def main(argv: list[str] | None = None) -> int:
                 postgres.start()
                 os.environ["SD_DATABASE_URL"] = postgres.url
                 print(f"PostgreSQL ready on 127.0.0.1:{args.pg_port} (data: {args.pg_data}/)", flush=True)
-            triton, supervisor = start_triton(args)
-            started.callback(stop_triton, triton, supervisor)
+            if args.pods:
+                pods = start_fleet(args)
+                started.callback(stop_pods, pods)
+                triton_url = fleet_url(pods)
+            else:
+                triton, supervisor = start_triton(args)
+                started.callback(stop_triton, triton, supervisor)
+                triton_url = triton.grpc_url
             for note in fill_dev_credentials():
                 print(note, flush=True)
             base = own_settings()
             frontends = [
                 Frontend(
                     REPO_ROOT / "data" / f"replica-{port}",
-                    base.get("SD_TRITON_URL", triton.grpc_url),
+                    base.get("SD_TRITON_URL", triton_url),
                     port=port,
                     log_path=REPO_ROOT / ".build" / f"frontend-{port}.log",
                     base=base,
@@ -70,6 +83,28 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         finally:
             ignore_stop_signals()
+
+
+def start_fleet(args: argparse.Namespace) -> list[EmbeddedTriton]:
+    """``args.pods`` pods on the Triton ports given, one per loopback address; no supervisor: a broken pod
+    is what the frontends route around (in Kubernetes, its liveness probe restarts it)."""
+    if Path(args.model_path).resolve() == DEFAULT_MODEL_PATH:
+        build(DEFAULT_MODEL_PATH)
+    pods = make_pods(
+        args.pods,
+        REPO_ROOT / ".build" / "fleet",
+        args.model_path,
+        pace_ms=args.pace_ms,
+        ports=(args.triton_http_port, args.triton_grpc_port, args.triton_metrics_port),
+        log_dir=REPO_ROOT / ".build" / "fleet",
+    )
+    for pod in pods:
+        pod.ready_timeout_s = args.ready_timeout
+    print(f"starting {len(pods)} tritonservers (logs: .build/fleet/) ...", flush=True)
+    start_pods(pods)
+    for pod in pods:
+        print(f"pod ready: gRPC {pod.grpc_url}  HTTP {pod.http_url}  (log: {pod.log_file})", flush=True)
+    return pods
 
 
 def watch(frontends: list[Frontend]) -> None:

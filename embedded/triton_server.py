@@ -112,7 +112,8 @@ def _install(source: Path, target: Path) -> None:
         old, new = target.stat(), source.stat()
         if (old.st_size, old.st_mtime_ns) == (new.st_size, new.st_mtime_ns):
             return
-    staging = target.with_name(f".{target.name}.{os.getpid()}")
+    # Per process and thread: pods started side by side (embedded/pods.py) install from threads of one process.
+    staging = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}")
     shutil.copy2(source, staging)
     os.replace(staging, target)
 

@@ -15,6 +15,7 @@ from aiohttp import web
 from .app_keys import BACKEND, DELIVERER, HISTORY, KEY_HASHES, METRICS, READINESS, RUNS, SESSION, SETTINGS, STORE
 from .auth import key_hash
 from .backend import Backend
+from .fleet import Fleet, parse_targets
 from .http import handlers
 from .http.middlewares import auth_middleware, context_middleware, error_middleware
 from .http.playground import security_headers, setup_playground
@@ -29,7 +30,7 @@ from .runs.retention import expire_forever
 from .runs.service import RunService
 from .settings import Settings
 from .store import RunStore, open_store, redacted
-from .triton_backend import TritonBackend
+from .triton_backend import TritonPod
 from .version import user_agent
 from .webhooks import WebhookDeliverer, WebhookSigner
 
@@ -104,16 +105,40 @@ async def _session(app: web.Application) -> AsyncIterator[None]:
 def _backend(given: Backend | None):  # type: ignore[no-untyped-def]  # a cleanup_ctx factory
     async def backend_ctx(app: web.Application) -> AsyncIterator[None]:
         settings = app[SETTINGS]
-        backend = given or TritonBackend(
-            settings.triton_url, settings.triton_model, settings.triton_timeout_s, settings.triton_progress_model
+        backend = given or Fleet(
+            parse_targets(settings.triton_url),
+            lambda address: TritonPod(
+                address, settings.triton_model, settings.triton_timeout_s, settings.triton_progress_model
+            ),
+            max_rows=settings.pod_max_rows,
+            placement=settings.pod_placement,
+            resolve_s=settings.fleet_resolve_s,
+            metrics=app[METRICS],
         )
-        app[BACKEND], app[READINESS] = backend, Readiness(backend, settings, app[STORE])
+        readiness = Readiness(backend, settings, app[STORE])
+        app[BACKEND], app[READINESS] = backend, readiness
+        await backend.refresh()
+        watch = asyncio.create_task(_watch_pods(backend, readiness, settings.pod_check_s), name="watch-pods")
         try:
             yield
         finally:
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
             await backend.close()
 
     return backend_ctx
+
+
+async def _watch_pods(backend: Backend, readiness: Readiness, every_s: float) -> None:
+    """Pods join and leave (a headless Service resolved again); a pod out of placement is probed until it
+    answers, so it comes back without waiting for a probe of /readyz."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            await backend.refresh()
+            await readiness.probe_out()
+        except Exception:  # one bad round must not end the watch
+            log.exception("watching the pods failed")
 
 
 async def _runs(app: web.Application) -> AsyncIterator[None]:
@@ -147,6 +172,7 @@ async def _runs(app: web.Application) -> AsyncIterator[None]:
         for loop in loops:
             loop.cancel()
         await asyncio.gather(*loops, return_exceptions=True)
+        await app[RUNS].fairness.drain()  # slots being given back, before the rest go with the leases
         try:
             await store.release_leases(owner)
         except Exception as exc:  # noqa: BLE001 - a store already gone (an interrupted shutdown): they lapse

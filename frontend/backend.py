@@ -1,14 +1,16 @@
-"""What the frontend needs from the model server: the ``Backend`` Protocol, beside ``store.RunStore``.
+"""What the frontend needs from the model servers: the ``Backend`` Protocol, beside ``store.RunStore``.
 
-One implementation serves (``triton_backend.TritonBackend``, the only ``tritonclient`` importer); the API
-tests' scripted backend implements the same Protocol, so neither re-declares the other's signature.
+A backend is one or more pods (model servers), each a ``Pod``. ``fleet.Fleet`` places each run on a pod
+and follows it there; its pods are ``triton_backend.TritonPod`` (the only ``tritonclient`` importer).
+The API tests' scripted backend implements the same Protocols, one pod that is its own backend.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
-from .generation import Generated, GenerationInput, Progress
+from .generation import Generated, GenerationInput, PodLoad, Progress
 from .health import BackendHealth
 
 
@@ -21,9 +23,7 @@ class CanceledByServer(Exception):
     as one canceled by request does, not as an outage to retry."""
 
 
-class Backend(Protocol):
-    health: BackendHealth  # every call's outcome: what /readyz judges by
-
+class Generator(Protocol):
     async def generate(
         self,
         job: GenerationInput,
@@ -40,6 +40,29 @@ class Backend(Protocol):
         """The progress posted for ``request_id`` while it is in the model; None otherwise (best effort)."""
         ...
 
+    async def close(self) -> None: ...
+
+
+class Pod(Generator, Protocol):
+    """One model server."""
+
+    address: str  # what names it in /readyz and in metrics (host:port)
+    health: BackendHealth  # every call's outcome: what /readyz and placement judge by
+
+    async def load(self) -> PodLoad | None:
+        """The load the pod reports (every frontend's runs there), or None when it reports none."""
+        ...
+
     async def is_model_ready(self) -> bool: ...
 
-    async def close(self) -> None: ...
+
+class Backend(Generator, Protocol):
+    """Where runs are generated, on whichever pod runs them."""
+
+    def pods(self) -> Sequence[Pod]:
+        """Every pod now known (readiness probes each)."""
+        ...
+
+    async def refresh(self) -> None:
+        """Look after the pods: called at start and every ``SD_POD_CHECK_S`` (a Service resolved again)."""
+        ...

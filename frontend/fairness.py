@@ -1,5 +1,10 @@
 """Per-key fairness: a cap on runs in flight and a token bucket per API key, so one tenant's burst
-cannot fill the model's queue ahead of everyone else. Per replica (each replica enforces its share).
+cannot fill the model's queue ahead of everyone else. The state lives in the run store, so on PostgreSQL
+a key's limits hold across every replica (not a share per replica); the rule is ``quota.decide``.
+
+Each admitted run holds a slot in the store, under a lease like its run's: given back when the run ends
+(or never starts), renewed by the heartbeat while it runs, and lapsing within ``SD_LEASE_S`` when its
+replica dies, so a key is never capped by runs nobody runs.
 
 Past either limit: 429 with ``Retry-After`` and the IETF ratelimit headers (``RateLimit-Policy``,
 ``RateLimit``: draft-ietf-httpapi-ratelimit-headers), which answers within the limits carry too.
@@ -7,21 +12,16 @@ Past either limit: 429 with ``Retry-After`` and the IETF ratelimit headers (``Ra
 
 from __future__ import annotations
 
-import math
-import time
-from collections.abc import Callable
+import asyncio
+import logging
+import uuid
 from dataclasses import dataclass, field
 
 from .errors import RateLimited
+from .quota import Quota, headers
+from .store import RunStore
 
-POLICY = "runs"  # the token bucket
-IN_FLIGHT_POLICY = "inflight"  # the cap on runs in flight (a quota of concurrent runs, no window)
-
-
-@dataclass
-class _Bucket:
-    tokens: float
-    updated: float
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -30,7 +30,7 @@ class Slot:
     (the request handler if the run never started, the run's task otherwise)."""
 
     fairness: Fairness
-    key_hash: str
+    id: str  # "" when no limit is in force: nothing was taken
     headers: dict[str, str]
     held: bool = True
     started: bool = False  # a run holds it now: the run gives it back when it ends
@@ -38,76 +38,62 @@ class Slot:
     def release(self) -> None:
         if self.held:
             self.held = False
-            self.fairness.done(self.key_hash)
+            self.fairness.give_back(self.id)
 
 
 @dataclass
 class Fairness:
-    rate_per_s: float  # tokens a key earns per second (0: no rate limit)
-    burst: int  # the bucket's size
-    max_in_flight: int  # runs of one key accepted and not finished (0: no cap)
-    clock: Callable[[], float] = time.monotonic
-    _buckets: dict[str, _Bucket] = field(default_factory=dict)
-    _in_flight: dict[str, int] = field(default_factory=dict)
+    quota: Quota
+    store: RunStore
+    owner: str  # this replica: the holder of its slots' leases
+    lease_s: float
+    _held: set[str] = field(default_factory=set)
+    _returns: set[asyncio.Task[None]] = field(default_factory=set)
 
-    def admit(self, key_hash: str) -> dict[str, str]:
-        """Take one token and one in-flight slot for ``key_hash``; returns the headers to answer with.
-        Raises RateLimited (429) when the key is past either; nothing is taken then."""
-        if self.max_in_flight and self._in_flight.get(key_hash, 0) >= self.max_in_flight:
+    async def acquire(self, key_hash: str) -> Slot:
+        """One slot (and one token) for ``key_hash``, with the headers to answer with. Raises RateLimited
+        (429) when the key is past either limit; nothing is taken then."""
+        if not self.quota.active:
+            return Slot(self, "", {})
+        slot_id = str(uuid.uuid4())
+        decision = await self.store.take_quota(key_hash, slot_id, self.owner, self.quota, self.lease_s)
+        said = headers(self.quota, decision)
+        if decision.refused == "in_flight":
             raise RateLimited(
-                f"this API key has {self.max_in_flight} runs in flight, the most allowed"
+                f"this API key has {self.quota.max_in_flight} runs in flight, the most allowed"
                 " (SD_MAX_RUNS_IN_FLIGHT_PER_KEY); retry when one finishes",
-                headers={"Retry-After": "1", **self.headers(key_hash)},
+                headers={"Retry-After": str(decision.retry_after_s), **said},
             )
-        if self.rate_per_s > 0:
-            bucket = self._refill(key_hash)
-            if bucket.tokens < 1:
-                wait_s = math.ceil((1 - bucket.tokens) / self.rate_per_s)
-                raise RateLimited(
-                    f"this API key is past {self.rate_per_s:g} runs/s (burst {self.burst}) (SD_RATE_PER_KEY_PER_S);"
-                    f" retry in {wait_s} s",
-                    headers={"Retry-After": str(wait_s), **self.headers(key_hash, reset_s=wait_s)},
-                )
-            bucket.tokens -= 1
-        self._in_flight[key_hash] = self._in_flight.get(key_hash, 0) + 1
-        return self.headers(key_hash)
+        if decision.refused == "rate":
+            raise RateLimited(
+                f"this API key is past {self.quota.rate_per_s:g} runs/s (burst {self.quota.burst})"
+                f" (SD_RATE_PER_KEY_PER_S); retry in {decision.retry_after_s} s",
+                headers={"Retry-After": str(decision.retry_after_s), **said},
+            )
+        self._held.add(slot_id)
+        return Slot(self, slot_id, said)
 
-    def acquire(self, key_hash: str) -> Slot:
-        """``admit`` as a ``Slot`` to release exactly once."""
-        return Slot(self, key_hash, self.admit(key_hash))
+    def give_back(self, slot_id: str) -> None:
+        """The run finished (or never started): its slot goes back in the background. If the store cannot
+        be reached, the slot is no longer renewed and lapses within ``lease_s``."""
+        if slot_id not in self._held:
+            return
+        self._held.discard(slot_id)
+        task = asyncio.get_running_loop().create_task(self._give_back(slot_id), name=f"give-back-{slot_id}")
+        self._returns.add(task)
+        task.add_done_callback(self._returns.discard)
 
-    def done(self, key_hash: str) -> None:
-        """A run admitted for ``key_hash`` finished (or was never started)."""
-        left = self._in_flight.get(key_hash, 0) - 1
-        if left > 0:
-            self._in_flight[key_hash] = left
-        else:
-            self._in_flight.pop(key_hash, None)
+    async def _give_back(self, slot_id: str) -> None:
+        try:
+            await self.store.release_quota(slot_id)
+        except Exception as exc:  # it lapses instead
+            log.warning("could not give back fairness slot %s (it lapses): %s", slot_id, exc)
 
-    def in_flight(self, key_hash: str) -> int:
-        return self._in_flight.get(key_hash, 0)
+    def held(self) -> list[str]:
+        """The slots this replica holds now: the heartbeat renews them."""
+        return list(self._held)
 
-    def _refill(self, key_hash: str) -> _Bucket:
-        now = self.clock()
-        bucket = self._buckets.setdefault(key_hash, _Bucket(float(self.burst), now))
-        bucket.tokens = min(float(self.burst), bucket.tokens + (now - bucket.updated) * self.rate_per_s)
-        bucket.updated = now
-        return bucket
-
-    def headers(self, key_hash: str, reset_s: int | None = None) -> dict[str, str]:
-        """One list item per policy in force: the bucket (``runs``) and the in-flight cap (``inflight``)."""
-        policies, states = [], []
-        if self.rate_per_s > 0:
-            bucket = self._refill(key_hash)
-            remaining = max(0, math.floor(bucket.tokens))
-            if reset_s is None:
-                full = bucket.tokens >= self.burst
-                reset_s = 0 if full else math.ceil((self.burst - bucket.tokens) / self.rate_per_s)
-            policies.append(f'"{POLICY}";q={self.burst};w={math.ceil(self.burst / self.rate_per_s)}')
-            states.append(f'"{POLICY}";r={remaining};t={reset_s}')
-        if self.max_in_flight:
-            policies.append(f'"{IN_FLIGHT_POLICY}";q={self.max_in_flight}')
-            states.append(f'"{IN_FLIGHT_POLICY}";r={max(0, self.max_in_flight - self.in_flight(key_hash))}')
-        if not policies:
-            return {}
-        return {"RateLimit-Policy": ", ".join(policies), "RateLimit": ", ".join(states)}
+    async def drain(self) -> None:
+        """Wait for the slots being given back (shutdown)."""
+        if self._returns:
+            await asyncio.gather(*self._returns, return_exceptions=True)

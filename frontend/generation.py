@@ -43,3 +43,12 @@ class Progress:
         """The JSON of a ``progress`` event (and of the run store's copy)."""
         preview = f"data:image/jpeg;base64,{base64.b64encode(self.preview).decode()}" if self.preview else None
         return {"step": self.step, "total": self.total, "preview": preview}
+
+
+@dataclass(frozen=True)
+class PodLoad:
+    """What a pod's model holds now, as it reports it (``sd_img2img_progress``'s ``load``): every frontend's
+    runs there, not only ours."""
+
+    rows: int  # UNet rows active and waiting
+    sizes: frozenset[tuple[int, int]]  # the latent sizes held (each its own forward per step)

@@ -36,6 +36,16 @@ class Metrics:
         self.expired = Counter(
             "sd_retention_expired_total", "Results and runs deleted by retention", ["kind"], registry=r
         )
+        # Per Triton pod (fleet.py): runs placed there, and what became of them when it failed them.
+        self.pod_runs = Counter(
+            "sd_pod_runs_total",
+            "Runs by pod: placed, unavailable (failed by the pod), failover (placed again elsewhere)",
+            ["pod", "outcome"],
+            registry=r,
+        )
+        self.pod_out = Gauge(
+            "sd_pod_out", "1 while the pod is out of placement (dead, or its probe failed)", ["pod"], registry=r
+        )
         self.webhooks = Counter(
             "sd_webhook_deliveries_total", "Webhook delivery attempts by outcome", ["outcome"], registry=r
         )

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -36,7 +36,8 @@ class Settings(BaseSettings):
     result_ttl_s: float = Field(default=3600.0, gt=0)
     run_ttl_s: float = Field(default=7 * 24 * 3600.0, gt=0)
     retention_interval_s: float = Field(default=60.0, gt=0)
-    # Run control: how long an Idempotency-Key is remembered (per API key); per-key fairness per replica.
+    # Run control: how long an Idempotency-Key is remembered (per API key); per-key fairness (in the run store,
+    # so it holds across replicas).
     idempotency_ttl_s: float = Field(default=24 * 3600.0, ge=3600)
     max_runs_in_flight_per_key: int = Field(default=64, ge=0)  # 0: no cap
     # Off by default: the in-flight cap is what keeps one key from filling the model's queue.
@@ -52,8 +53,12 @@ class Settings(BaseSettings):
     # Auth: several keys at once, for rotation. Compared in constant time.
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
 
-    # Triton
+    # Triton: one pod (host:port), several (host:port,host:port), or a headless Service (dns:///name:port)
     triton_url: str = "127.0.0.1:8001"  # gRPC
+    fleet_resolve_s: float = Field(default=5.0, gt=0)  # how often dns:/// is resolved again (pods join, leave)
+    pod_check_s: float = Field(default=1.0, gt=0)  # how often a pod out of placement is probed to bring it back
+    pod_max_rows: int = Field(default=32, ge=1)  # UNet rows a pod runs at once (its max_rows_in_flight)
+    pod_placement: Literal["fewest_forwards", "round_robin"] = "fewest_forwards"  # round_robin: to compare
     triton_model: str = "sd_img2img"
     triton_progress_model: str = "sd_img2img_progress"
     triton_timeout_s: float = 300.0

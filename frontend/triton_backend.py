@@ -1,7 +1,9 @@
-"""The one module that talks to Triton (gRPC, asyncio) and maps its failures onto our error table."""
+"""The one module that talks to Triton (gRPC, asyncio): one pod's calls, its failures mapped onto our error
+table. Which pod gets a run is ``fleet.py``'s business."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 
@@ -12,16 +14,13 @@ from tritonclient.utils import InferenceServerException
 
 from .backend import CanceledByServer, QueueDeadlineExpired
 from .errors import ApiError, BackendTimeout, BackendUnavailable, GenerationFailed, InvalidRequest
-from .generation import Generated, GenerationInput, Progress
+from .generation import Generated, GenerationInput, PodLoad, Progress
 from .health import BackendHealth
 from .wire import input_arrays
 
 CHANNEL_ARGS = [
     ("grpc.max_send_message_length", 2**31 - 1),
     ("grpc.max_receive_message_length", 2**31 - 1),
-    # With a "dns:///host:port" URL naming a headless Service, calls spread over every Triton pod;
-    # a plain ClusterIP would pin this process's one HTTP/2 connection to a single pod.
-    ("grpc.lb_policy_name", "round_robin"),
     # Reconnect soon after a Triton restart: gRPC's default backoff grows to 120 s, so a channel that
     # failed through a 10 s restart could stay down for tens of seconds more (calls fail fast meanwhile).
     ("grpc.initial_reconnect_backoff_ms", 500),
@@ -73,16 +72,19 @@ def is_death(exc: InferenceServerException) -> bool:
 PROGRESS_TIMEOUT_S = 2.0
 
 
-class TritonBackend:
-    def __init__(self, url: str, model: str, timeout_s: float, progress_model: str = "sd_img2img_progress") -> None:
-        self.url, self.model, self.timeout_s, self.progress_model = url, model, timeout_s, progress_model
+class TritonPod:
+    """One tritonserver (``address``: host:port), on its own gRPC channel: calls that must reach the server
+    holding a request (its progress, its cancellation) reach it, which a channel spread over pods would not."""
+
+    def __init__(self, address: str, model: str, timeout_s: float, progress_model: str = "sd_img2img_progress") -> None:
+        self.address, self.model, self.timeout_s, self.progress_model = address, model, timeout_s, progress_model
         self._client: grpcaio.InferenceServerClient | None = None
-        self.health = BackendHealth()  # every call's outcome: what /readyz judges by
+        self.health = BackendHealth()  # every call's outcome: what /readyz and placement judge by
 
     @property
     def client(self) -> grpcaio.InferenceServerClient:
         if self._client is None:
-            self._client = grpcaio.InferenceServerClient(self.url, channel_args=CHANNEL_ARGS)
+            self._client = grpcaio.InferenceServerClient(self.address, channel_args=CHANNEL_ARGS)
         return self._client
 
     async def close(self) -> None:
@@ -118,8 +120,8 @@ class TritonBackend:
             if "CANCELLED" in str(exc.status() or ""):
                 raise CanceledByServer(exc.message()) from None
             error = map_error(exc)
-            if is_death(exc):
-                health.dead_at, health.dead_reason = time.monotonic(), error.message
+            if is_death(exc):  # the server's own words, for /readyz and the logs (the caller gets ``error``)
+                health.dead_at, health.dead_reason = time.monotonic(), (exc.message() or str(exc.status()))[:200]
             elif "maximum queue size" in (exc.message() or ""):
                 health.full_at = time.monotonic()
             raise error from None
@@ -135,16 +137,34 @@ class TritonBackend:
     async def progress(self, request_id: str) -> Progress | None:
         """The progress the model posted for the request sent with ``request_id``: None when it is not
         running (queued, finished) or cannot be read (no progress model): progress is best effort."""
-        tensor = grpcclient.InferInput("request_id", [1], "BYTES")
-        tensor.set_data_from_numpy(np.array([request_id.encode()], dtype=np.object_))
-        try:
-            result = await self.client.infer(self.progress_model, [tensor], client_timeout=PROGRESS_TIMEOUT_S)
-        except InferenceServerException:
+        result = await self._ask_board(request_id)
+        if result is None:
             return None
         step, total, preview = (result.as_numpy(name) for name in ("step", "total", "preview"))
         if step is None or total is None or preview is None or int(step[0]) < 0:
             return None
         return Progress(int(step[0]), int(total[0]), bytes(preview[0]))
+
+    async def load(self) -> PodLoad | None:
+        """The load the model reports (every frontend's runs there); None when it cannot be read."""
+        result = await self._ask_board("")
+        raw = None if result is None else result.as_numpy("load")
+        if raw is None or not bytes(raw[0]):
+            return None
+        try:
+            load = json.loads(bytes(raw[0]))
+            sizes = frozenset((int(height), int(width)) for height, width in load["sizes"])
+            return PodLoad(rows=int(load["rows_active"]) + int(load["rows_waiting"]), sizes=sizes)
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    async def _ask_board(self, request_id: str) -> grpcclient.InferResult | None:
+        tensor = grpcclient.InferInput("request_id", [1], "BYTES")
+        tensor.set_data_from_numpy(np.array([request_id.encode()], dtype=np.object_))
+        try:
+            return await self.client.infer(self.progress_model, [tensor], client_timeout=PROGRESS_TIMEOUT_S)
+        except InferenceServerException:
+            return None
 
     async def is_model_ready(self) -> bool:
         try:

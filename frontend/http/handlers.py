@@ -54,7 +54,7 @@ async def predict(request: web.Request) -> web.Response:
     runs, key_hash = request.app[RUNS], request[KEY_HASH]
     # Fairness first, before the body is read (a key past its limits costs almost nothing), unless the
     # request may be a replay, which is answered whatever the limits.
-    slot = None if "Idempotency-Key" in request.headers else runs.fairness.acquire(key_hash)
+    slot = None if "Idempotency-Key" in request.headers else await runs.fairness.acquire(key_hash)
     try:
         return await _predict(request, runs, key_hash, slot)
     finally:
@@ -81,7 +81,7 @@ async def _predict(request: web.Request, runs: RunService, key_hash: str, slot: 
             )
     # 2. Admit (per-key fairness), prepare and record; nothing of a refused request is kept.
     try:
-        slot = slot or runs.fairness.acquire(key_hash)
+        slot = slot or await runs.fairness.acquire(key_hash)
         try:
             prepared = await runs.prepare(body, run_id)
             if respond_async and prepared.webhook_endpoint is None:
@@ -189,11 +189,13 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready = the model is loaded, not known dead, its queue not full; busy is ready (``readiness.py``)."""
-    unready = await request.app[READINESS].verdict()
+    """Ready = the store answers and a pod can take work (loaded, not known dead, its queue not full); busy is
+    ready (``readiness.py``). ``pods_out`` names the pods that cannot, and why."""
+    readiness = request.app[READINESS]
+    unready = await readiness.verdict()
     if unready is not None:
         raise BackendUnavailable(f"not ready: {unready}")
-    return web.json_response({"status": "ready"})
+    return web.json_response({"status": "ready", "pods_out": readiness.pods_out})
 
 
 async def metrics(request: web.Request) -> web.Response:

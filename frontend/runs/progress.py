@@ -1,6 +1,6 @@
 """Progress of the runs this replica is generating: asked of the model while its call is in flight.
 
-The replica that runs a run polls the model's progress (``TritonBackend.progress``, every
+The replica that runs a run polls the model's progress (``Fleet.progress``, asking the pod that runs it, every
 ``SD_PROGRESS_POLL_S``) and keeps the latest here, where its own event streams wait on it; it posts it
 to the run store at most every ``SD_PROGRESS_STORE_S`` (one small write a second, not one a step), where
 every other replica's streams read it.

@@ -80,7 +80,9 @@ async def keep_leases(
     interval = min(settings.lease_poll_s, settings.lease_s / 3)
     while True:
         try:
-            await store.renew_leases(runs.owner, settings.lease_s, runs.live(), deliverer.in_flight())
+            await store.renew_leases(
+                runs.owner, settings.lease_s, runs.live(), deliverer.in_flight(), runs.fairness.held()
+            )
             await runs.stop_finished_elsewhere()
             await resume_unfinished(runs, store, settings, metrics)
         except StoreUnavailable as exc:  # a database hiccup: our leases may lapse, and peers take over

@@ -20,6 +20,7 @@ from ..fairness import Fairness, Slot
 from ..fetch import check_url, fetch_file_url
 from ..metrics import Metrics
 from ..netguard import host_denial_reason
+from ..quota import Quota
 from ..schemas import PredictBody
 from ..settings import Settings
 from ..store import Lease, Run, RunStatus, RunStore
@@ -71,9 +72,8 @@ class RunService:
         self._tasks: dict[str, asyncio.Task[dict[str, Any]]] = {}
         self._leases: dict[str, HeldLease] = {}
         self._stopping: set[str] = set()  # runs whose task is being cancelled because they were stopped
-        self.fairness = Fairness(
-            settings.rate_per_key_per_s, settings.rate_burst_per_key, settings.max_runs_in_flight_per_key
-        )
+        quota = Quota(settings.max_runs_in_flight_per_key, settings.rate_per_key_per_s, settings.rate_burst_per_key)
+        self.fairness = Fairness(quota, store, owner, settings.lease_s)
         self.draining = False  # shutting down: take over nothing more
         self.idempotency = IdempotencyKeys(
             store, settings.idempotency_ttl_s, self._finished_answer, settings.store_retry_s

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from typing import Any, Protocol
 
+from ..quota import Decision, Quota
 from .records import (
     Delivery,
     DeliveryState,
@@ -133,17 +134,33 @@ class RunStore(Protocol):
 
     async def delivery_for_run(self, run_id: str) -> DeliveryState | None: ...
 
-    async def renew_leases(self, owner: str, lease_s: float, runs: Collection[str], deliveries: Collection[str]) -> int:
-        """Heartbeat: extend the leases ``owner`` still holds on these runs and deliveries, the work its tasks
-        are doing now (a lapsed lease nobody took yet included); how many. Never another lease it holds: a
-        run or delivery whose task ended without an outcome must lapse, so that it is taken over."""
+    async def renew_leases(
+        self,
+        owner: str,
+        lease_s: float,
+        runs: Collection[str],
+        deliveries: Collection[str],
+        slots: Collection[str] = (),
+    ) -> int:
+        """Heartbeat: extend the leases ``owner`` still holds on these runs, deliveries and fairness slots, the
+        work its tasks are doing now (a lapsed lease nobody took yet included); how many. Never another lease
+        it holds: a run or delivery whose task ended without an outcome must lapse, so that it is taken over."""
+
+    async def take_quota(self, key_hash: str, slot_id: str, owner: str, quota: Quota, lease_s: float) -> Decision:
+        """Per-key fairness, one transaction: the key's slots whose lease lapsed go, then ``quota.decide`` on
+        its slots left and its token bucket; admitted, a slot ``slot_id`` leased to ``owner`` is added and the
+        bucket written. Replicas sharing the store share each key's limits."""
+
+    async def release_quota(self, slot_id: str) -> None:
+        """Give back one fairness slot (its run ended, or never started); a no-op when it is gone."""
 
     async def release_run(self, run_id: str, lease: Lease) -> None:
         """Give back one unfinished run at once (its task ended without recording an outcome), so any
         replica may take it over now. Fenced, and a no-op when ``lease`` is no longer current."""
 
     async def release_leases(self, owner: str) -> None:
-        """Give back every lease ``owner`` holds (graceful shutdown), so others may take the work now."""
+        """Give back every lease ``owner`` holds (graceful shutdown), so others may take the work now; its
+        fairness slots go."""
 
     async def expire(
         self, now: float, result_ttl_s: float, run_ttl_s: float, idempotency_ttl_s: float = 86400.0

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 from ..errors import StoreUnavailable
+from ..quota import Decision, Quota, decide
 from .postgres_migrations import MIGRATIONS
 from .records import (
     RETENTION_BATCH,
@@ -44,6 +45,10 @@ from .sql import (
     NEXT_DELIVERY_SQL,
     NO_CURSOR,
     NO_PENDING_DELIVERY_SQL,
+    QUOTA_BUCKET_SQL,
+    QUOTA_IN_FLIGHT_SQL,
+    QUOTA_LAPSED_SQL,
+    QUOTA_SAVE_BUCKET_SQL,
     RUN_STATE_SQL,
     SET_PROGRESS_SQL,
     UNFINISHED_SQL,
@@ -57,6 +62,7 @@ if TYPE_CHECKING:  # generic in the stubs only
 log = logging.getLogger("frontend.store")
 CHANNEL = "sd_img2img_work"
 MIGRATION_LOCK = 0x5D1A_6121  # pg_advisory_xact_lock key: one replica migrates at a time
+QUOTA_LOCK = 0x5D1A_0407  # hashtextextended seed for a key's fairness lock (never the migration's key)
 DB_NOW = "extract(epoch from clock_timestamp())"  # lease times by one clock, the database's
 
 
@@ -348,21 +354,54 @@ class PostgresRunStore:
             row = await conn.fetchrow("SELECT status, attempts, last_status FROM deliveries WHERE run_id = $1", run_id)
         return None if row is None else DeliveryState(DeliveryStatus(row[0]), row[1], row[2])
 
-    async def renew_leases(self, owner: str, lease_s: float, runs: Collection[str], deliveries: Collection[str]) -> int:
-        if not runs and not deliveries:
+    async def renew_leases(
+        self,
+        owner: str,
+        lease_s: float,
+        runs: Collection[str],
+        deliveries: Collection[str],
+        slots: Collection[str] = (),
+    ) -> int:
+        if not runs and not deliveries and not slots:
             return 0
+        renewed = 0
         async with self._connection() as conn, conn.transaction():
-            renewed = await conn.execute(
-                f"UPDATE runs SET lease_expires_at = {DB_NOW} + $2"
-                f" WHERE id = ANY($3::text[]) AND lease_owner = $1 AND {UNFINISHED_SQL}",
-                owner, lease_s, list(runs),
-            )  # fmt: skip
-            sending = await conn.execute(
-                f"UPDATE deliveries SET lease_expires_at = {DB_NOW} + $2"
-                " WHERE id = ANY($3::text[]) AND lease_owner = $1 AND status = 'pending'",
-                owner, lease_s, list(deliveries),
-            )  # fmt: skip
-        return _count(renewed) + _count(sending)
+            for table, ids, alive in (
+                ("runs", runs, UNFINISHED_SQL),
+                ("deliveries", deliveries, "status = 'pending'"),
+                ("quota_slots", slots, "TRUE"),
+            ):
+                if ids:
+                    done = await conn.execute(
+                        f"UPDATE {table} SET lease_expires_at = {DB_NOW} + $2"
+                        f" WHERE id = ANY($3::text[]) AND lease_owner = $1 AND {alive}",
+                        owner, lease_s, list(ids),
+                    )  # fmt: skip
+                    renewed += _count(done)
+        return renewed
+
+    async def take_quota(self, key_hash: str, slot_id: str, owner: str, quota: Quota, lease_s: float) -> Decision:
+        async with self._connection() as conn, conn.transaction():
+            # One admission per key at a time, across replicas: count and insert are one step.
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, $2))", key_hash, QUOTA_LOCK)
+            now = float(await conn.fetchval(f"SELECT {DB_NOW}"))
+            await conn.execute(QUOTA_LAPSED_SQL.format("$1", "$2"), key_hash, now)
+            in_flight = await conn.fetchval(QUOTA_IN_FLIGHT_SQL.format("$1"), key_hash)
+            bucket = await conn.fetchrow(QUOTA_BUCKET_SQL.format("$1"), key_hash)
+            tokens, updated_at = (bucket[0], bucket[1]) if bucket else (None, None)
+            decision = decide(quota, in_flight, tokens, updated_at, now)
+            if decision.refused is None:
+                await conn.execute(
+                    "INSERT INTO quota_slots (id, key_hash, lease_owner, lease_expires_at) VALUES ($1, $2, $3, $4)",
+                    slot_id, key_hash, owner, now + lease_s,
+                )  # fmt: skip
+            if quota.rate_per_s > 0:
+                await conn.execute(QUOTA_SAVE_BUCKET_SQL.format("$1", "$2", "$3"), key_hash, decision.tokens, now)
+        return decision
+
+    async def release_quota(self, slot_id: str) -> None:
+        async with self._connection() as conn:
+            await conn.execute("DELETE FROM quota_slots WHERE id = $1", slot_id)
 
     async def release_run(self, run_id: str, lease: Lease) -> None:
         async with self._connection() as conn, conn.transaction():
@@ -381,6 +420,7 @@ class PostgresRunStore:
                     f"UPDATE {table} SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner = $1",
                     owner,
                 )
+            await conn.execute("DELETE FROM quota_slots WHERE lease_owner = $1", owner)
             await conn.execute("SELECT pg_notify($1, 'released')", CHANNEL)
 
     async def expire(

@@ -6,6 +6,8 @@ with defaults) so replicas of the previous version keep working during a rolling
 
 from __future__ import annotations
 
+from .sql import QUOTA_SCHEMA
+
 MIGRATIONS: list[tuple[int, str, str]] = [
     (
         1,
@@ -69,4 +71,5 @@ MIGRATIONS: list[tuple[int, str, str]] = [
     ),
     (3, "a key's runs newest first (GET /runs)", "CREATE INDEX runs_by_key ON runs (key_hash, created_at, id);"),
     (4, "a processing run's progress, for every replica's event streams", "ALTER TABLE runs ADD COLUMN progress text;"),
+    (5, "per-key fairness shared by every replica: slots and token buckets", QUOTA_SCHEMA),
 ]

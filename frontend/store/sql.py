@@ -36,3 +36,27 @@ NO_CURSOR = (float("inf"), "")
 RUN_STATE_SQL = "SELECT id, key_hash, status, created_at, started_at, progress FROM runs WHERE id = {0}"
 # A processing run's progress (``set_progress``); a run that finished meanwhile keeps none.
 SET_PROGRESS_SQL = "UPDATE runs SET progress = {1} WHERE id = {0} AND status = 'processing'"
+# Per-key fairness (``take_quota``): each admitted run's slot, leased like its run (a dead replica's lapse),
+# and each key's token bucket. Placeholders: the key hash, then the engine's clock or the values.
+QUOTA_SCHEMA = """
+    CREATE TABLE quota_slots (
+        id TEXT PRIMARY KEY,
+        key_hash TEXT NOT NULL,
+        lease_owner TEXT NOT NULL,
+        lease_expires_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX quota_slots_by_key ON quota_slots (key_hash);
+    CREATE INDEX quota_slots_by_owner ON quota_slots (lease_owner);
+    CREATE TABLE quota_buckets (
+        key_hash TEXT PRIMARY KEY,
+        tokens DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL
+    );
+"""
+QUOTA_LAPSED_SQL = "DELETE FROM quota_slots WHERE key_hash = {0} AND lease_expires_at < {1}"
+QUOTA_IN_FLIGHT_SQL = "SELECT count(*) FROM quota_slots WHERE key_hash = {0}"
+QUOTA_BUCKET_SQL = "SELECT tokens, updated_at FROM quota_buckets WHERE key_hash = {0}"
+QUOTA_SAVE_BUCKET_SQL = (
+    "INSERT INTO quota_buckets (key_hash, tokens, updated_at) VALUES ({0}, {1}, {2})"
+    " ON CONFLICT (key_hash) DO UPDATE SET tokens = excluded.tokens, updated_at = excluded.updated_at"
+)

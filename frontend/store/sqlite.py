@@ -20,6 +20,7 @@ from typing import Any
 
 import aiosqlite
 
+from ..quota import Decision, Quota, decide
 from .records import (
     RETENTION_BATCH,
     Delivery,
@@ -42,6 +43,11 @@ from .sql import (
     NEXT_DELIVERY_SQL,
     NO_CURSOR,
     NO_PENDING_DELIVERY_SQL,
+    QUOTA_BUCKET_SQL,
+    QUOTA_IN_FLIGHT_SQL,
+    QUOTA_LAPSED_SQL,
+    QUOTA_SAVE_BUCKET_SQL,
+    QUOTA_SCHEMA,
     RUN_STATE_SQL,
     SET_PROGRESS_SQL,
     UNFINISHED_SQL,
@@ -114,6 +120,8 @@ MIGRATIONS = [
     """
     ALTER TABLE runs ADD COLUMN progress TEXT;
     """,
+    # 6: per-key fairness: each admitted run's slot (leased) and each key's token bucket.
+    QUOTA_SCHEMA,
 ]
 
 
@@ -380,13 +388,24 @@ class SqliteRunStore:
             row = await cursor.fetchone()
         return None if row is None else DeliveryState(DeliveryStatus(row[0]), row[1], row[2])
 
-    async def renew_leases(self, owner: str, lease_s: float, runs: Collection[str], deliveries: Collection[str]) -> int:
-        if not runs and not deliveries:
+    async def renew_leases(
+        self,
+        owner: str,
+        lease_s: float,
+        runs: Collection[str],
+        deliveries: Collection[str],
+        slots: Collection[str] = (),
+    ) -> int:
+        if not runs and not deliveries and not slots:
             return 0
         expires = time.time() + lease_s
         renewed = 0
         async with self._transaction() as conn:
-            for table, ids, alive in (("runs", runs, UNFINISHED_SQL), ("deliveries", deliveries, "status = 'pending'")):
+            for table, ids, alive in (
+                ("runs", runs, UNFINISHED_SQL),
+                ("deliveries", deliveries, "status = 'pending'"),
+                ("quota_slots", slots, "TRUE"),
+            ):
                 if ids:
                     marks = ",".join("?" * len(ids))
                     cursor = await conn.execute(
@@ -396,6 +415,29 @@ class SqliteRunStore:
                     )
                     renewed += cursor.rowcount
         return renewed
+
+    async def take_quota(self, key_hash: str, slot_id: str, owner: str, quota: Quota, lease_s: float) -> Decision:
+        now = time.time()
+        async with self._transaction() as conn:  # BEGIN IMMEDIATE: one writer, so count and insert are one step
+            await conn.execute(QUOTA_LAPSED_SQL.format("?", "?"), (key_hash, now))
+            async with conn.execute(QUOTA_IN_FLIGHT_SQL.format("?"), (key_hash,)) as cursor:
+                (in_flight,) = await cursor.fetchone() or (0,)
+            async with conn.execute(QUOTA_BUCKET_SQL.format("?"), (key_hash,)) as cursor:
+                bucket = await cursor.fetchone()
+            tokens, updated_at = (bucket[0], bucket[1]) if bucket else (None, None)
+            decision = decide(quota, in_flight, tokens, updated_at, now)
+            if decision.refused is None:
+                await conn.execute(
+                    "INSERT INTO quota_slots (id, key_hash, lease_owner, lease_expires_at) VALUES (?, ?, ?, ?)",
+                    (slot_id, key_hash, owner, now + lease_s),
+                )
+            if quota.rate_per_s > 0:
+                await conn.execute(QUOTA_SAVE_BUCKET_SQL.format("?", "?", "?"), (key_hash, decision.tokens, now))
+        return decision
+
+    async def release_quota(self, slot_id: str) -> None:
+        async with self._transaction() as conn:
+            await conn.execute("DELETE FROM quota_slots WHERE id = ?", (slot_id,))
 
     async def release_run(self, run_id: str, lease: Lease) -> None:
         async with self._transaction() as conn:
@@ -411,6 +453,7 @@ class SqliteRunStore:
                 await conn.execute(
                     f"UPDATE {table} SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner IS NOT NULL"
                 )
+            await conn.execute("DELETE FROM quota_slots")  # an earlier process's runs: none of them runs now
 
     async def release_leases(self, owner: str) -> None:
         async with self._transaction() as conn:
@@ -418,6 +461,7 @@ class SqliteRunStore:
                 await conn.execute(
                     f"UPDATE {table} SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner = ?", (owner,)
                 )
+            await conn.execute("DELETE FROM quota_slots WHERE lease_owner = ?", (owner,))
 
     async def expire(
         self, now: float, result_ttl_s: float, run_ttl_s: float, idempotency_ttl_s: float = 86400.0

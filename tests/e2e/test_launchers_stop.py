@@ -1,5 +1,6 @@
-"""``make serve`` and ``make serve-replicas`` stop everything they started on SIGTERM, SIGINT and SIGHUP sent to
-make's process group (what a process manager, ``timeout``, a CI time-out, Ctrl-C or a closed terminal sends).
+"""``make serve``, ``make serve-replicas`` and ``make serve-fleet`` stop everything they started on SIGTERM,
+SIGINT and SIGHUP sent to make's process group (what a process manager, ``timeout``, a CI time-out, Ctrl-C
+or a closed terminal sends).
 
 Every process the launcher starts inherits a marker in its environment, so one that left its session
 (tritonserver and its stub, PostgreSQL, the frontends) is still found. Nothing may be left, and every
@@ -54,18 +55,22 @@ def describe(processes: list[psutil.Process]) -> list[str]:
     return out
 
 
-def port_in_use(port: int) -> bool:
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is not a listener
         try:
-            sock.bind(("127.0.0.1", port))
+            sock.bind((host, port))
         except OSError:
             return True
     return False
 
 
-@pytest.mark.parametrize("signum", SIGNALS, ids=lambda s: signal.Signals(s).name)
-@pytest.mark.parametrize("target", ["serve", "serve-replicas"])
+# serve-fleet shares serve-replicas' launcher (embedded/replicas.py) and its signal handling: one signal.
+LAUNCHES = [(target, signum) for target in ("serve", "serve-replicas") for signum in SIGNALS]
+LAUNCHES.append(("serve-fleet", signal.SIGTERM))
+
+
+@pytest.mark.parametrize(("target", "signum"), LAUNCHES, ids=[f"{t}-{signal.Signals(s).name}" for t, s in LAUNCHES])
 async def test_a_signal_to_makes_group_stops_every_process_and_frees_every_port(
     target: str, signum: int, tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
@@ -83,11 +88,15 @@ async def test_a_signal_to_makes_group_stops_every_process_and_frees_every_port(
         frontend_ports = [free_port() for _ in range(3)]
         store_ports = [free_port()]
         args += f" --ports={','.join(map(str, frontend_ports))} --pg-port={store_ports[0]} --pg-data={tmp_path / 'pg'}"
-    ports = triton_ports + frontend_ports + store_ports
+    # The Triton ports, on each address its servers listen on (serve-fleet: one pod per loopback address).
+    triton_hosts = ["127.0.0.2", "127.0.0.3"] if target == "serve-fleet" else ["127.0.0.1"]
+    pods = ["PODS=2"] if target == "serve-fleet" else []
+    ports = [(port, "127.0.0.1") for port in frontend_ports + store_ports]
+    ports += [(port, host) for port in triton_ports for host in triton_hosts]
     log = tmp_path / "make.log"
     with log.open("wb") as out:
         make = subprocess.Popen(
-            ["make", "--no-print-directory", target, f"SERVE_ARGS={args}"],
+            ["make", "--no-print-directory", target, f"SERVE_ARGS={args}", *pods],
             cwd=REPO_ROOT,
             env=env,
             stdout=out,
@@ -101,11 +110,13 @@ async def test_a_signal_to_makes_group_stops_every_process_and_frees_every_port(
         expected = ["tritonserver", "triton_python_backend_stub"] + (["postgres -D"] if store_ports else [])
         for name in expected:  # the marker reaches what left make's session: else this test could not fail
             assert any(name in line for line in running), (name, running)
-        assert all(port_in_use(port) for port in ports), (ports, running)
+        servers = sum("bin/tritonserver" in line for line in running)
+        assert servers == len(triton_hosts), running
+        assert all(port_in_use(port, host) for port, host in ports), (ports, running)
         os.killpg(make.pid, signum)
         code = make.wait(timeout=150)
         left = describe(marked(env[MARK]))  # at make's exit, not some time later
-        busy = [port for port in ports if port_in_use(port)]
+        busy = [(port, host) for port, host in ports if port_in_use(port, host)]
     finally:
         if make.poll() is None:
             os.killpg(make.pid, signal.SIGKILL)

@@ -352,6 +352,36 @@ async def test_past_the_keys_rate_a_429_with_retry_after_and_ratelimit_headers(
         assert (await post(other, limited, seed_body(image_b64, num_inference_steps=4)))[0] == 200
 
 
+async def test_a_keys_in_flight_cap_holds_across_three_replicas_sharing_postgresql(
+    make_frontend: Any, postgres_url: str, image_b64: str
+) -> None:
+    settings = {"SD_DATABASE_URL": postgres_url, "SD_MAX_RUNS_IN_FLIGHT_PER_KEY": "2", "SD_RATE_PER_KEY_PER_S": "0"}
+    replicas = [make_frontend(**settings) for _ in range(3)]
+    body = seed_body(image_b64, **LONG, seed=5)
+    async with aiohttp.ClientSession(headers={"Authorization": API_KEYS[0]}) as http:
+        # Six at once, two on each replica: each replica alone would take two, three times the cap.
+        answers = await asyncio.gather(*(post(http, replicas[i % 3], body, headers=ASYNC) for i in range(6)))
+        statuses = sorted(status for status, _, _ in answers)
+        assert statuses == [202, 202, 429, 429, 429, 429], answers
+        refused = next(answer for status, answer, _ in answers if status == 429)
+        assert "SD_MAX_RUNS_IN_FLIGHT_PER_KEY" in refused["error"]["message"]
+        async with aiohttp.ClientSession(headers={"Authorization": API_KEYS[1]}) as other:  # its own cap
+            status, theirs, _ = await post(other, replicas[2], body, headers=ASYNC)
+            assert status == 202
+            await other.post(f"{replicas[2].url}/runs/{theirs['run_id']}/cancel")
+        for _, accepted, _ in answers:
+            if "run_id" in accepted:
+                async with http.post(f"{replicas[0].url}/runs/{accepted['run_id']}/cancel") as response:
+                    assert response.status in (200, 202), await response.text()
+        # Their slots come back as the runs end, whichever replica ran them.
+        deadline = time.monotonic() + 30
+        while (again := await post(http, replicas[1], body, headers=ASYNC))[0] == 429:
+            assert time.monotonic() < deadline, "a canceled run's slot never came back"
+            await asyncio.sleep(0.2)
+        assert again[0] == 202
+        await http.post(f"{replicas[1].url}/runs/{again[1]['run_id']}/cancel")
+
+
 async def read_events(http: aiohttp.ClientSession, url: str, **headers: str) -> list[dict[str, Any]]:
     events, current = [], {}
     async with http.get(url, headers=headers) as response:

@@ -36,6 +36,8 @@ FAILURES: dict[str, Exception] = {
 class ScriptedBackend:
     """Images from the seed alone (so bytes can be compared); prompts starting with ``fail:`` fail."""
 
+    address = "scripted:0"
+
     def __init__(self) -> None:
         self.health = BackendHealth()
         self.jobs: list[GenerationInput] = []
@@ -67,6 +69,15 @@ class ScriptedBackend:
 
     async def is_model_ready(self) -> bool:
         return True
+
+    def pods(self) -> list[ScriptedBackend]:
+        return [self]  # one pod that is its own backend
+
+    async def load(self) -> None:
+        return None
+
+    async def refresh(self) -> None:
+        return None
 
     async def close(self) -> None:
         return None

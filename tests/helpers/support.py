@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from embedded import pods
 from embedded.frontend_process import API_KEYS, WEBHOOK_SECRET, Frontend, start_all, stop_all
 from embedded.triton_server import EmbeddedTriton, free_port
 
@@ -32,12 +33,11 @@ __all__ = [
 # (config.pbtxt min_step_ms), so a run of N steps is in the model for at least N * PACE_S on any machine.
 PACE_MS = 40
 PACE_S = PACE_MS / 1000
-_UNPACED = '"min_step_ms" value: { string_value: "0" }'
 
 
 def paced(min_step_ms: int = PACE_MS) -> dict[str, str]:
     """The config.pbtxt change (for ``copy_model_repository``) that makes each step last ``min_step_ms``."""
-    return {_UNPACED: _UNPACED.replace('"0"', f'"{min_step_ms}"')}
+    return pods.paced(min_step_ms)
 
 
 # The hosted API's example body exactly as its doc prints it: two commas are missing.

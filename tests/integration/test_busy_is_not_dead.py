@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import psutil
 import pytest
 
+from embedded.pods import model_stub
 from embedded.supervisor import Supervisor
-from embedded.triton_server import REPO_ROOT, EmbeddedTriton, copy_model_repository, stub_model
+from embedded.triton_server import REPO_ROOT, EmbeddedTriton, copy_model_repository
 
 from ..helpers.servers import png_bytes
 from ..helpers.support import API_KEYS, Frontend, paced, request_body, start_triton
@@ -47,13 +47,6 @@ def supervised(tiny_model_path: Path, tmp_path: Path) -> Iterator[tuple[Embedded
     yield triton, supervisor
     supervisor.stop()
     triton.stop()
-
-
-def stub_of(triton: EmbeddedTriton) -> psutil.Process:
-    assert triton.process is not None
-    children = psutil.Process(triton.process.pid).children(recursive=True)
-    (stub,) = [p for p in children if stub_model(p.cmdline()) == "sd_img2img"]  # not sd_img2img_progress's
-    return stub
 
 
 async def status_of(http: aiohttp.ClientSession, url: str) -> int:
@@ -129,7 +122,7 @@ async def test_long_work_is_busy_not_dead_and_real_deaths_are_still_restarted(
             assert set(readyz["working"]) == {200} and set(readyz["idle"]) == {200}, readyz
 
             # 2. Dead stub (SIGKILL): restarted within 5 s; the idle replica says unready meanwhile.
-            stub = stub_of(triton)
+            stub = model_stub(triton)
             killed_at = time.monotonic()
             stub.send_signal(signal.SIGKILL)
             seen_503 = False
@@ -151,7 +144,7 @@ async def test_long_work_is_busy_not_dead_and_real_deaths_are_still_restarted(
             assert status == 200, answer
 
             # 3. A frozen stub (alive, no progress) with a canary waiting: restarted after its stall time.
-            frozen = stub_of(triton)
+            frozen = model_stub(triton)
             frozen.send_signal(signal.SIGSTOP)
             frozen_at = time.monotonic()
             await asyncio.to_thread(

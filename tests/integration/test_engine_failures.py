@@ -22,7 +22,7 @@ from embedded.triton_server import EmbeddedTriton, copy_model_repository
 from frontend.backend import QueueDeadlineExpired
 from frontend.errors import BackendUnavailable
 from frontend.generation import GenerationInput
-from frontend.triton_backend import TritonBackend
+from frontend.triton_backend import TritonPod
 
 from ..helpers.support import paced, start_triton
 
@@ -71,7 +71,7 @@ async def test_waiting_requests_obey_their_timeout_and_a_dead_engine_fails_fast_
     narrow_triton: EmbeddedTriton,
 ) -> None:
     triton = narrow_triton
-    backend = TritonBackend(triton.grpc_url, "sd_img2img", timeout_s=120)
+    backend = TritonPod(triton.grpc_url, "sd_img2img", timeout_s=120)
     try:
         long = asyncio.create_task(backend.generate(job(1, steps=40)))  # holds every row for 4 s or more
         await asyncio.sleep(0.5)

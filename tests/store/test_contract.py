@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from frontend.quota import Quota
 from frontend.store import DeliveryStatus, Lease, LeaseLost, Run, RunStatus, RunStore, open_store, redacted
 from frontend.store.records import RETENTION_BATCH
 
@@ -719,3 +720,57 @@ async def test_a_claim_racing_a_release_of_its_key_never_fails(store: RunStore) 
         found, _ = await asyncio.gather(claim, staggered(store.release_idempotency(KEY, "k"), rng))
         outcomes.append("claimed" if found is None else found.run_id)
     assert set(outcomes) <= {"claimed", "first"}
+
+
+# -- per-key fairness: the key's slots and token bucket, shared by every replica on the store -------------
+CAP_2 = Quota(max_in_flight=2, rate_per_s=0.0, burst=1)
+
+
+async def test_a_keys_in_flight_cap_holds_across_replicas_and_a_slot_given_back_makes_room(
+    store: RunStore, open_more: Callable[[], Any]
+) -> None:
+    other = await open_more()  # another replica
+    assert (await store.take_quota(KEY, "s1", A, CAP_2, LONG)).in_flight == 1
+    assert (await other.take_quota(KEY, "s2", B, CAP_2, LONG)).in_flight == 2
+    refused = await store.take_quota(KEY, "s3", A, CAP_2, LONG)
+    assert (refused.refused, refused.in_flight) == ("in_flight", 2)
+    assert (await other.take_quota(OTHER_KEY, "t1", B, CAP_2, LONG)).refused is None  # its own count
+    await other.release_quota("s2")
+    await other.release_quota("s2")  # again: a no-op
+    assert (await store.take_quota(KEY, "s3", A, CAP_2, LONG)).refused is None
+
+
+async def test_concurrent_admissions_on_two_replicas_never_pass_the_cap(
+    store: RunStore, open_more: Callable[[], Any]
+) -> None:
+    other = await open_more()
+    cap = Quota(max_in_flight=3, rate_per_s=0.0, burst=1)
+    decisions = await asyncio.gather(
+        *(replica.take_quota(KEY, f"s{i}", A, cap, LONG) for i, replica in enumerate([store, other] * 6))
+    )
+    assert sum(decision.refused is None for decision in decisions) == 3
+    assert sorted(decision.in_flight for decision in decisions if decision.refused is None) == [1, 2, 3]
+
+
+async def test_a_slot_nobody_renews_lapses_and_a_renewed_one_keeps_counting(store: RunStore) -> None:
+    await store.take_quota(KEY, "kept", A, CAP_2, 0.3)
+    await store.take_quota(KEY, "dropped", A, CAP_2, 0.3)
+    assert (await store.take_quota(KEY, "late", A, CAP_2, LONG)).refused == "in_flight"
+    await asyncio.sleep(0.15)
+    assert await store.renew_leases(A, LONG, [], [], ["kept"]) == 1
+    assert await store.renew_leases(B, LONG, [], [], ["dropped"]) == 0  # only its owner renews it
+    await asyncio.sleep(0.3)  # "dropped" lapsed (its replica died, say); "kept" did not
+    admitted = await store.take_quota(KEY, "late", A, CAP_2, LONG)
+    assert (admitted.refused, admitted.in_flight) == (None, 2)
+    await store.release_leases(A)  # shutdown: its slots go with its leases
+    assert (await store.take_quota(KEY, "after", B, CAP_2, LONG)).in_flight == 1
+
+
+async def test_a_keys_token_bucket_is_shared_by_replicas(store: RunStore, open_more: Callable[[], Any]) -> None:
+    other = await open_more()
+    rate = Quota(max_in_flight=0, rate_per_s=0.5, burst=2)
+    assert (await store.take_quota(KEY, "r1", A, rate, LONG)).tokens == pytest.approx(1, abs=0.01)
+    assert (await other.take_quota(KEY, "r2", B, rate, LONG)).refused is None
+    limited = await store.take_quota(KEY, "r3", A, rate, LONG)
+    assert limited.refused == "rate" and limited.retry_after_s == 2
+    assert (await other.take_quota(OTHER_KEY, "r4", B, rate, LONG)).refused is None

@@ -231,3 +231,15 @@ def test_the_installed_package_carries_the_playground(tmp_path: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = {f"frontend/playground/{name}" for name in ("index.html", "playground.css", "playground.js")}
     assert expected <= names, sorted(n for n in names if "playground" in n)
+
+
+def test_the_autoscaler_reads_the_metric_its_adapter_rule_serves_and_triton_has_a_disruption_budget() -> None:
+    docs = kubernetes_documents()
+    metric = docs[("HorizontalPodAutoscaler", "sd-triton")]["spec"]["metrics"][0]["pods"]["metric"]["name"]
+    (rule,) = yaml.safe_load(docs[("ConfigMap", "sd-triton-adapter-rules")]["data"]["config.yaml"])["rules"]
+    assert rule["name"]["as"] == metric
+    assert re.match(rule["name"]["matches"], "nv_inference_pending_request_count")
+    assert 'model="sd_img2img"' in rule["seriesQuery"] and 'model="sd_img2img"' in rule["metricsQuery"]
+    budget = docs[("PodDisruptionBudget", "sd-triton")]["spec"]
+    triton = docs[("Deployment", "sd-triton")]["spec"]["selector"]["matchLabels"]
+    assert budget["selector"]["matchLabels"] == triton and budget["maxUnavailable"] == 1

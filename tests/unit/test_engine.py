@@ -675,3 +675,14 @@ def test_waiting_requests_are_asked_again_once_the_recheck_interval_has_passed_e
     h.submit(Req("running", 20), Req("waiting", 1))
     h.run(10)  # ticks at clock 0, 1, ..., 9: asked at 0, 2, 4, 6 and 8
     assert h.asked.count("waiting") == 5
+
+
+def test_the_groups_held_are_reported_active_first_and_forgotten_once_they_leave() -> None:
+    h = Harness(max_rows=2)
+    h.submit(Req("a", 2, size=64))
+    assert h.engine.groups() == [64]  # waiting
+    h.run(1)
+    h.submit(Req("b", 1, size=128), Req("c", 1, size=64))  # wait behind "a", which fills the cap
+    assert h.engine.groups() == [64, 128]
+    h.run()
+    assert h.engine.groups() == []

@@ -96,3 +96,14 @@ def test_a_preview_is_a_small_jpeg_of_the_latents_colours() -> None:
     assert decoded.format == "JPEG" and decoded.size == (16, 8)
     with pytest.raises(RuntimeError):
         previewer.rgb(torch.zeros(3, 8, 8))  # not the latent's channels
+
+
+def test_the_load_is_replaced_whole_read_back_and_removed_with_the_folder(tmp_path: Path) -> None:
+    board = ProgressBoard(tmp_path / "board")
+    assert board.read_load() is None
+    board.post_load({"jobs": 1, "rows_active": 2, "rows_waiting": 0, "sizes": [[64, 64]]})
+    board.post_load({"jobs": 2, "rows_active": 2, "rows_waiting": 4, "sizes": [[64, 64], [128, 96]]})
+    assert board.read_load() == {"jobs": 2, "rows_active": 2, "rows_waiting": 4, "sizes": [[64, 64], [128, 96]]}
+    assert [p.name for p in board.folder.iterdir()] == ["load.json"]  # no staging file left
+    board.close()
+    assert not board.folder.exists()

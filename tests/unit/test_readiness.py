@@ -22,9 +22,13 @@ class ScriptedBackend:
     release: asyncio.Event = field(default_factory=asyncio.Event)
     outcome: Exception | None = None
     canaries: int = 0
+    address: str = "pod-a:8001"
 
     async def is_model_ready(self) -> bool:
         return self.model_ready
+
+    def pods(self) -> list[ScriptedBackend]:
+        return [self]
 
     async def generate(self, job: Any, *, timeout_s: float | None = None, request_id: str = "", **_: Any) -> Any:
         self.canaries += 1
@@ -130,3 +134,47 @@ async def test_a_model_triton_calls_unready_is_unready() -> None:
     backend = ScriptedBackend(model_ready=False)
     verdict = await readiness(backend).verdict()
     assert verdict is not None and "is not ready" in verdict
+
+
+@dataclass
+class ScriptedFleet:
+    """Several scripted pods behind one backend."""
+
+    members: list[ScriptedBackend]
+
+    def pods(self) -> list[ScriptedBackend]:
+        return self.members
+
+
+async def test_a_replica_is_ready_while_any_pod_can_serve_and_names_the_pods_out() -> None:
+    dead, loading, alive = (ScriptedBackend(address=f"pod-{n}:8001") for n in "abc")
+    dead.outcome = BackendUnavailable("Stub process 'sd_img2img_0' is not healthy")
+    loading.model_ready = False
+    for pod in (dead, loading, alive):
+        pod.release.set()
+    probe = readiness(ScriptedFleet([dead, loading, alive]))  # type: ignore[arg-type]
+    assert await probe.verdict() is None
+    assert set(probe.pods_out) == {"pod-a:8001", "pod-b:8001"}
+    assert "not healthy" in probe.pods_out["pod-a:8001"] and "is not ready" in probe.pods_out["pod-b:8001"]
+    # Both are out of placement: the dead one by its call, the one not loaded by its probe.
+    assert dead.health.out() is not None and loading.health.out() is not None and alive.health.out() is None
+    alive.model_ready = False
+    verdict = await probe.verdict()
+    assert verdict is not None and verdict.startswith("no model server can take work: pod-a:8001: ")
+
+
+async def test_a_pod_out_of_placement_is_probed_until_its_canary_answers_and_then_is_back() -> None:
+    dead, alive = ScriptedBackend(address="pod-a:8001"), ScriptedBackend(address="pod-b:8001")
+    dead.outcome = BackendUnavailable("Stub process 'sd_img2img_0' is not healthy")
+    dead.health.dead_at, dead.health.dead_reason = time.monotonic(), "Stub process is not healthy"
+    for pod in (dead, alive):
+        pod.release.set()
+    probe = readiness(ScriptedFleet([dead, alive]))  # type: ignore[arg-type]
+    await probe.probe_out()
+    assert (dead.canaries, alive.canaries) == (1, 0)  # only the pod that is out is probed
+    assert dead.health.out() is not None
+    dead.outcome = None  # restarted
+    await probe.probe_out()
+    assert dead.health.out() is None
+    await probe.probe_out()
+    assert dead.canaries == 2  # back in: no more probes

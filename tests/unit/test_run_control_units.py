@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from frontend.errors import InvalidRequest, RateLimited
-from frontend.fairness import Fairness
+from frontend.errors import InvalidRequest
+from frontend.quota import Quota, decide, headers
 from frontend.runs.control import cancel_after, events_so_far, fingerprint, idempotency_key, parse_duration
 from frontend.store import Run, RunStatus
 
@@ -58,23 +58,24 @@ def test_events_follow_the_record() -> None:
 
 
 def test_fairness_caps_runs_in_flight_and_refills_tokens() -> None:
-    clock = [0.0]
-    fair = Fairness(rate_per_s=1.0, burst=2, max_in_flight=3, clock=lambda: clock[0])
-    assert fair.admit("a")["RateLimit"] == '"runs";r=1;t=1, "inflight";r=2'
-    fair.admit("a")
-    with pytest.raises(RateLimited) as limited:
-        fair.admit("a")
-    assert limited.value.headers["Retry-After"] == "1"
-    assert limited.value.headers["RateLimit-Policy"] == '"runs";q=2;w=2, "inflight";q=3'
-    assert fair.in_flight("a") == 2 and fair.admit("b")  # another key has its own bucket
-    clock[0] = 1.0
-    fair.admit("a")  # one token back after a second
-    clock[0] = 5.0
-    with pytest.raises(RateLimited, match="3 runs in flight") as capped:
-        fair.admit("a")
-    assert capped.value.headers["RateLimit"].endswith('"inflight";r=0')
-    fair.done("a")
-    fair.admit("a")
+    """``quota.decide`` as a store calls it: the key's slots in flight and its bucket as stored, the clock."""
+    quota = Quota(max_in_flight=3, rate_per_s=1.0, burst=2)
+    first = decide(quota, 0, None, None, now=0.0)  # a key never seen: a full bucket
+    assert (first.refused, first.in_flight, first.tokens) == (None, 1, 1.0)
+    assert headers(quota, first)["RateLimit"] == '"runs";r=1;t=1, "inflight";r=2'
+    second = decide(quota, 1, first.tokens, 0.0, now=0.0)
+    limited = decide(quota, 2, second.tokens, 0.0, now=0.0)
+    assert (limited.refused, limited.retry_after_s, limited.in_flight) == ("rate", 1, 2)
+    assert headers(quota, limited)["RateLimit-Policy"] == '"runs";q=2;w=2, "inflight";q=3'
+    assert decide(quota, 0, None, None, now=0.0).refused is None  # another key has its own bucket
+    refilled = decide(quota, 2, limited.tokens, 0.0, now=1.0)  # one token back after a second
+    assert refilled.refused is None and refilled.in_flight == 3
+    capped = decide(quota, 3, refilled.tokens, 1.0, now=5.0)
+    assert capped.refused == "in_flight" and capped.tokens == 2.0  # refused by the cap: no token taken
+    assert headers(quota, capped)["RateLimit"].endswith('"inflight";r=0')
+    assert decide(quota, 2, capped.tokens, 5.0, now=5.0).refused is None  # one run ended
+    assert headers(Quota(0, 0.0, 1), capped) == {}
+    assert not Quota(0, 0.0, 1).active and Quota(1, 0.0, 1).active and Quota(0, 0.5, 1).active
 
 
 def test_progress_events_only_move_forward() -> None:

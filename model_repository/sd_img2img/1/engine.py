@@ -254,6 +254,13 @@ class StepEngine:
                 "rows_waiting": self.planner.rows_waiting,
             }
 
+    def groups(self) -> list[Hashable]:
+        """The groups (latent sizes) of the jobs it holds, active ones first: what a placer weighs, since a
+        request of a group already here shares its forward and one of another group adds a forward."""
+        with self._lock:
+            held = [group for group, jobs in self.planner.active.items() if jobs]
+            return list(dict.fromkeys([*held, *(job.group for job in self.planner.waiting)]))
+
     def stop(self) -> list[Job[Any]]:
         """Stop the loop; returns the jobs it still held, each claimed for the caller to answer (one the
         engine thread is answering right now is not among them: it is answered once, by that thread)."""

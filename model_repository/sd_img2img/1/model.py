@@ -257,6 +257,7 @@ class TritonPythonModel:
         self.engine = StepEngine(denoiser, self.max_rows_in_flight, callbacks)
         self._gauges = {"jobs": self.executing, "rows_active": self.rows_active, "rows_waiting": self.rows_waiting}
         self._published: dict[str, int] = {}
+        self._posted_load: dict[str, Any] = {}
         self._published_lock = threading.Lock()
         self.pace.start()
         assert self._torch is not None
@@ -386,6 +387,15 @@ class TritonPythonModel:
                         self.logger.log_warn(f"{self.model_name}: could not set {name}: {exc!r}")
                         continue
                     self._published[name] = value
+            # The same, with the sizes held, for the placer across pods (read by sd_img2img_progress).
+            sizes = [list(group) for group in self.engine.groups() if isinstance(group, tuple)]  # (height, width)
+            load = {**self.engine.stats(), "sizes": sizes}
+            if load != self._posted_load:
+                try:
+                    self.board.post_load(load)
+                    self._posted_load = load
+                except Exception as exc:  # best effort, as the gauges
+                    self.logger.log_warn(f"{self.model_name}: could not post the load: {exc!r}")
 
     def _execute(self, requests: list[Any]) -> list[Any]:
         # 1. Validate each request on its own; a bad one is answered now, the rest go on.

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SHM = Path("/dev/shm")  # noqa: S108 - our own prefixed folder only
+LOAD_FILE = "load.json"  # the model's load, beside the posts (named by hashes: never this)
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,19 @@ class ProgressBoard:
             return None
         return Progress(int(record["step"]), int(record["total"]), base64.b64decode(record["preview"]))
 
+    def post_load(self, load: dict[str, object]) -> None:
+        """Replace the model's load (rows active and waiting, sizes held): what placement across pods reads."""
+        staging = self.folder / f"{LOAD_FILE}.{os.getpid()}.tmp"
+        staging.write_text(json.dumps(load))
+        os.replace(staging, self.folder / LOAD_FILE)
+
+    def read_load(self) -> dict[str, object] | None:
+        try:
+            load = json.loads((self.folder / LOAD_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+        return load if isinstance(load, dict) else None
+
     def remove(self, request_id: str) -> None:
         self._path(request_id).unlink(missing_ok=True)
 
@@ -76,6 +90,7 @@ class ProgressBoard:
         """Remove the folder if nothing is left in it (it is in /dev/shm: every test server's copied
         repository has one, which would otherwise stay until reboot)."""
         with contextlib.suppress(OSError):  # posts left (a reader may still want them) or already gone
+            (self.folder / LOAD_FILE).unlink(missing_ok=True)
             self.folder.rmdir()
 
     def sweep(self, older_than_s: float, now: float | None = None) -> int:

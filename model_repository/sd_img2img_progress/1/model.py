@@ -30,8 +30,10 @@ class TritonPythonModel:
         self.board = ProgressBoard(board_folder(repository), create=False)
 
     def execute(self, requests: list[Any]) -> list[Any]:
-        """One response per request, in order: the request's last post, or -1/-1/empty."""
+        """One response per request, in order: the request's last post, or -1/-1/empty; and the model's load."""
         responses = []
+        load = self.board.read_load()
+        load_json = json.dumps(load).encode() if load is not None else b""
         for request in requests:
             tensor = pb_utils.get_input_tensor_by_name(request, "request_id")
             raw = tensor.as_numpy().reshape(-1)[0] if tensor is not None else b""
@@ -45,6 +47,7 @@ class TritonPythonModel:
                         pb_utils.Tensor("step", np.asarray([progress.step], dtype=np.int32)),
                         pb_utils.Tensor("total", np.asarray([progress.total], dtype=np.int32)),
                         pb_utils.Tensor("preview", np.asarray([progress.preview], dtype=np.object_)),
+                        pb_utils.Tensor("load", np.asarray([load_json], dtype=np.object_)),
                     ]
                 )
             )
