@@ -118,9 +118,13 @@ async def test_among_pods_of_the_same_forwards_the_fewest_rows_win_then_round_ro
     await settled()
     other = "b" if first == "a" else "a"
     assert pods[other].calls == ["small"]
+    # Its turn would be the big run's pod again; the fewer rows (2 against 8) win over the turn.
+    again = asyncio.create_task(backend.generate(job(64), request_id="again"))
+    await settled()
+    assert pods[other].calls == ["small", "again"]
     for pod in pods.values():
         pod.release.set()
-    await asyncio.gather(big, small)
+    await asyncio.gather(big, small, again)
     # Idle pods take turns.
     for pod in pods.values():
         pod.calls.clear()
