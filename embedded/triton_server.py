@@ -12,6 +12,7 @@ import argparse
 import collections
 import contextlib
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -34,6 +35,10 @@ DEFAULT_MODEL_REPOSITORY = REPO_ROOT / "model_repository"
 DEFAULT_BUILD_DIR = REPO_ROOT / ".build" / "triton"
 DEFAULT_MODEL_PATH = REPO_ROOT / ".models" / "tiny-sd-img2img"
 LOG_TAIL_LINES = 60
+# Triton's line for a model that failed to load; its message ends at the first escaped newline (a traceback follows).
+LOAD_FAILURE = re.compile(
+    r"failed to load '(?P<model>[^']+)' version \d+: (?:\w+: )?(?:TritonModelException: )?(?P<why>.*?)(?:\\n|\"?$)"
+)
 SHM_DIR = Path("/dev/shm")  # noqa: S108 - only our own prefixed files are removed
 
 
@@ -155,6 +160,7 @@ class EmbeddedTriton:
     shm_prefix: str = field(default_factory=lambda: f"triton_sd_{os.getpid()}_{secrets.token_hex(4)}")
     process: subprocess.Popen[str] | None = field(default=None, init=False)
     _log_tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=LOG_TAIL_LINES))
+    _load_failure: str | None = None  # the first model-load failure in the log, in one line
     _reader: threading.Thread | None = field(default=None, init=False)
     # Set once stop() has reaped this process and its group: a second stop() must not signal its pid, which
     # the kernel may since have given to another process group (pid_max is 32768 on our machines).
@@ -224,6 +230,7 @@ class EmbeddedTriton:
             raise RuntimeError("tritonserver is already running")
         self.remove_shm_regions()
         self._stopped = False
+        self._load_failure = None
         self.process = spawn_server(  # its own session: our signal handlers decide what reaches it
             self.command(),
             env={**server_environment(self.model_path, self.python_path), **self.env},
@@ -247,6 +254,8 @@ class EmbeddedTriton:
         try:
             for line in self.process.stdout:
                 self._log_tail.append(line)
+                if self._load_failure is None and (failed := LOAD_FAILURE.search(line)):
+                    self._load_failure = failed["why"]
                 if sink is not None:
                     sink.write(line)
                     sink.flush()
@@ -271,6 +280,9 @@ class EmbeddedTriton:
             if self.process.poll() is not None:
                 self._join_reader()
                 self.remove_shm_regions()
+                if self._load_failure is not None:  # one line saying why (a folder of another kind, say)
+                    where = f" (tritonserver's log: {self.log_file})" if self.log_file is not None else ""
+                    raise TritonStartError(self._load_failure + where)
                 raise TritonStartError(
                     f"tritonserver exited with code {self.process.returncode} before it was ready; log tail:\n"
                     + self.log_tail()

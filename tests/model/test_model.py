@@ -214,3 +214,32 @@ def test_each_forward_observes_its_rows(model: Any) -> None:
         hook.remove()
     rows = histogram.observed[before:]
     assert rows == forwards and 6 in rows and set(rows) <= {2, 4, 6}
+
+
+def test_a_folder_of_another_kind_fails_initialize_in_one_line_saying_what_was_found_and_what_is_served(
+    model_module: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flux = tmp_path / "flux"
+    flux.mkdir()
+    (flux / "model_index.json").write_text('{"_class_name": "FluxPipeline", "transformer": ["diffusers", "X"]}')
+    monkeypatch.setenv("SD_MODEL_PATH", str(flux))
+    with pytest.raises(pb.TritonModelException) as failed:
+        make_model(model_module)
+    message = str(failed.value)
+    assert "\n" not in message and message.startswith(f"m cannot serve '{flux}': found FluxPipeline")
+    assert "serves SD 1.x, SD 2.x (epsilon or v) and SDXL (base or refiner) checkpoints" in message
+
+
+def test_the_model_card_names_the_family_what_it_takes_and_its_limits(model: Any) -> None:
+    """Posted with the load from the start (the frontend checks fields and sizes before it accepts a run)."""
+    load = model.board.read_load()
+    assert load is not None and load["model"] == {
+        "family": "sd1",
+        "title": "SD 1.x",
+        "schedulers": sorted(model.schedulers),
+        "fields": [],
+        "native_side": 512,
+        "max_image_side": 1024,
+    }
+    refused = answer(model, [request(aesthetic_score=np.array([[7.0]], np.float32))])[0]
+    assert refused.error().message().startswith("unsupported input 'aesthetic_score': the served model (SD 1.x)")

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from families import Family
 
 from img2img_requests import (
     MAX_SEED,
@@ -14,6 +15,7 @@ from img2img_requests import (
     InvalidInput,
     Limits,
     PipelineCall,
+    UnsupportedInput,
     check_inputs,
     effective_steps,
     plan_calls,
@@ -144,3 +146,38 @@ def test_split_images_returns_each_requests_images_in_order() -> None:
 def test_to_uint8_rounds_and_clips() -> None:
     out = to_uint8(np.array([-0.1, 0.0, 0.5, 1.0, 1.2], dtype=np.float32))
     assert out.tolist() == [0, 0, 128, 255, 255]
+
+
+def refiner_family() -> Family:
+    return Family("sdxl-refiner", "SDXL refiner", True, "epsilon", 1024, refiner=True)
+
+
+def scored(family: Family | None, **overrides: Any) -> Img2ImgRequest:
+    return check_inputs(
+        0, arrays(**overrides), defaults=Defaults(), limits=Limits(), schedulers=SCHEDULERS, family=family
+    )
+
+
+def test_a_refiner_takes_aesthetic_scores_and_not_given_is_diffusers_default() -> None:
+    nan = np.array([[np.nan]], dtype=np.float32)
+    request = scored(refiner_family(), aesthetic_score=nan, negative_aesthetic_score=np.array([[3.5]], np.float32))
+    assert (request.aesthetic_score, request.negative_aesthetic_score) == (6.0, 3.5)
+    assert scored(refiner_family()).aesthetic_score == 6.0  # absent, as from a client that sends no such input
+    with pytest.raises(InvalidInput, match=r"invalid input 'aesthetic_score': must be in \[0.0, 10.0\] but is 11.0"):
+        scored(refiner_family(), aesthetic_score=np.array([[11.0]], dtype=np.float32))
+
+
+@pytest.mark.parametrize("family", [None, Family("sdxl", "SDXL base", True, "epsilon", 1024)], ids=["sd", "sdxl"])
+def test_a_family_that_takes_no_aesthetic_score_refuses_one_by_name_and_ignores_not_given(family: Family) -> None:
+    request = scored(family, aesthetic_score=np.array([[np.nan]], dtype=np.float32))
+    assert request.aesthetic_score is None and request.negative_aesthetic_score is None
+    with pytest.raises(UnsupportedInput) as refused:
+        scored(family, negative_aesthetic_score=np.array([[2.5]], dtype=np.float32))
+    assert str(refused.value).startswith("unsupported input 'negative_aesthetic_score': the served model (")
+    assert "only an SDXL refiner does" in str(refused.value)
+
+
+def test_an_empty_negative_prompt_is_its_own_pipeline_call() -> None:
+    """diffusers' negative_prompt=None (zeros for SDXL base) is one call's setting, not a per-prompt string."""
+    empty, given = check(0), check(1, negative_prompt=np.array([[b"blurry"]], dtype=object))
+    assert len(plan_calls([empty, given], max_images_per_call=8)) == 2

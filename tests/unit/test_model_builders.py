@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
 
-from embedded import sd15_model, tiny_model
+from embedded import full_size, sd15_model, sdxl_model, tiny_model
 
 
 def test_the_full_size_build_has_sd15s_parameter_counts() -> None:
@@ -15,6 +16,17 @@ def test_the_full_size_build_has_sd15s_parameter_counts() -> None:
     counts = sd15_model.parameter_counts(sd15_model.build_components("meta"))
     assert counts == {"unet": 859_520_964, "vae": 83_653_863, "text_encoder": 123_060_480}
     assert counts == sd15_model.SD15_PARAMETERS
+
+
+def test_the_full_size_sdxl_build_has_sdxl_base_s_parameter_counts() -> None:
+    counts = full_size.parameter_counts(sdxl_model.build_components("meta"))
+    assert counts == {
+        "unet": 2_567_463_684,
+        "vae": 83_653_863,
+        "text_encoder": 123_060_480,
+        "text_encoder_2": 694_659_840,
+    }
+    assert counts == sdxl_model.SDXL_PARAMETERS
 
 
 def test_the_tokenizer_has_clips_vocabulary_size_and_specials_at_the_end() -> None:
@@ -31,7 +43,9 @@ def fingerprint(folder: Path) -> dict[str, str]:
     }
 
 
-@pytest.mark.parametrize("builder", [tiny_model.build, sd15_model.build], ids=["tiny", "sd15"])
+@pytest.mark.parametrize(
+    "builder", [tiny_model.build, sd15_model.build, sdxl_model.build], ids=["tiny", "sd15", "sdxl"]
+)
 def test_builders_refuse_a_folder_they_did_not_make(tmp_path: Path, builder: object) -> None:
     checkpoint = tmp_path / "my-checkpoint"
     (checkpoint / "unet").mkdir(parents=True)
@@ -55,6 +69,9 @@ def test_a_tiny_build_killed_halfway_leaves_nothing_and_the_next_build_succeeds(
         pass
 
     class HalfSaved:
+        def __init__(self, **_: object) -> None:
+            pass
+
         def save_pretrained(self, path: Path, **_: object) -> None:
             (Path(path) / "model_index.json").write_text("{}")  # some files written, then the process dies
             raise Killed
@@ -63,5 +80,24 @@ def test_a_tiny_build_killed_halfway_leaves_nothing_and_the_next_build_succeeds(
     with pytest.raises(Killed):
         tiny_model.build(folder)
     assert not folder.exists() and list(tmp_path.iterdir()) == []
-    monkeypatch.setattr(tiny_model, "build_pipeline", lambda: real)
+    monkeypatch.setattr(tiny_model, "build_pipeline", lambda **_: real)
     assert tiny_model.build(folder) and tiny_model.is_built(folder)
+
+
+@pytest.mark.parametrize("family", tiny_model.FAMILIES)
+def test_each_family_s_tiny_build_is_saved_as_its_published_checkpoint_is_and_detected_as_that_family(
+    tmp_path: Path, family: str
+) -> None:
+    from families import detect
+
+    folder = tmp_path / family
+    assert tiny_model.build(folder, family=family) and tiny_model.is_built(folder, family)
+    assert not tiny_model.is_built(folder, "sdxl" if family != "sdxl" else "sd1")  # another family: rebuilt
+    published = {
+        "sd1": "StableDiffusionImg2ImgPipeline",
+        "sd2-v": "StableDiffusionPipeline",
+        "sdxl": "StableDiffusionXLPipeline",
+        "sdxl-refiner": "StableDiffusionXLImg2ImgPipeline",
+    }
+    assert json.loads((folder / "model_index.json").read_text())["_class_name"] == published[family]
+    assert detect(str(folder), local_files_only=True).name == family

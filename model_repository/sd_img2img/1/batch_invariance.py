@@ -195,6 +195,11 @@ def _trim(output: Any, rows: int) -> Any:
     return output
 
 
+def text_encoders(pipe: Any) -> list[Any]:
+    """The pipeline's text encoders: SD's one, SDXL base's two, the SDXL refiner's second only."""
+    return [encoder for encoder in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if encoder is not None]
+
+
 def apply_plan(pipe: Any, plan: InvariancePlan) -> int:
     """Wrap the plan's module kinds in ``pipe`` (instance attributes, so ``remove_plan`` can undo it).
 
@@ -217,14 +222,15 @@ def apply_plan(pipe: Any, plan: InvariancePlan) -> int:
                     module.forward = forward  # type: ignore[method-assign]
                     wrapped += 1
         elif kind in classes:
-            for model in (pipe.unet, pipe.text_encoder):
+            for model in (pipe.unet, *text_encoders(pipe)):
                 for module in model.modules():
                     if isinstance(module, classes[kind]) and not is_gemm(module):
                         module.forward = fixed_rows(module.forward, rows)  # type: ignore[method-assign]
                         wrapped += 1
         elif kind == "text_encoder":
-            pipe.text_encoder.forward = fixed_rows(pipe.text_encoder.forward, rows)
-            wrapped += 1
+            for encoder in text_encoders(pipe):
+                encoder.forward = fixed_rows(encoder.forward, rows)
+                wrapped += 1
         elif kind == "vae_decode":
             pipe.vae.decode = fixed_rows(pipe.vae.decode, rows)
             wrapped += 1
@@ -233,7 +239,7 @@ def apply_plan(pipe: Any, plan: InvariancePlan) -> int:
 
 def remove_plan(pipe: Any) -> None:
     """Undo ``apply_plan``: drop every wrapper (they live in instance dicts, the classes are untouched)."""
-    for model in (pipe.unet, pipe.text_encoder, pipe.vae):
+    for model in (pipe.unet, *text_encoders(pipe), pipe.vae):
         for module in model.modules():
             module.__dict__.pop("forward", None)
     pipe.vae.__dict__.pop("decode", None)

@@ -8,11 +8,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import diffusers
 import numpy as np
 import torch
 from batch_invariance import InvariancePlan, apply_plan, parse_plan, pin_cuda_kernels
 from cuda_graphs import DEFAULT_ROW_BUCKETS, GraphedUNet
-from diffusers import StableDiffusionImg2ImgPipeline
+from families import Family, detect
 from model_parameters import DETERMINISM_MODES
 
 from img2img_requests import PipelineCall, to_uint8
@@ -36,6 +37,16 @@ SCHEDULER_ALIASES = {
 # How a call's images relate to the same images computed alone (config parameter "determinism").
 # DPMSolverSDE needs torchsde, which we do not ship; EDMEuler expects EDM-parametrised models.
 _UNSUPPORTED_SCHEDULERS = {"DPMSolverSDEScheduler", "EDMEulerScheduler"}
+
+
+def load_pipeline(family: Family, model_name_or_path: str, *, dtype: torch.dtype, local_files_only: bool) -> Any:
+    """The family's img2img pipeline from the folder (a text-to-image folder loads into it, as diffusers allows)."""
+    # No safety checker (SD) and no invisible watermark (SDXL): the service returns the model's own pixels.
+    extra: dict[str, Any] = (
+        {"add_watermarker": False} if family.xl else {"safety_checker": None, "requires_safety_checker": False}
+    )
+    pipeline_class = getattr(diffusers, family.pipeline)
+    return pipeline_class.from_pretrained(model_name_or_path, dtype=dtype, local_files_only=local_files_only, **extra)
 
 
 class Img2ImgRunner:
@@ -65,13 +76,9 @@ class Img2ImgRunner:
         self.plan: InvariancePlan | None = (
             parse_plan(invariant_modules, self.device.type) if determinism == "batch_invariant" else None
         )
-        pipe = StableDiffusionImg2ImgPipeline.from_pretrained(
-            model_name_or_path,
-            dtype=dtype,
-            safety_checker=None,
-            requires_safety_checker=False,
-            local_files_only=local_files_only,
-        )
+        # The family from the configs first: a folder of another kind fails in one line, before any weight loads.
+        self.family = detect(model_name_or_path, local_files_only=local_files_only)
+        pipe = load_pipeline(self.family, model_name_or_path, dtype=dtype, local_files_only=local_files_only)
         pipe.set_progress_bar_config(disable=True)
         self.pipe = pipe.to(self.device)
         if self.plan is not None:
@@ -79,7 +86,11 @@ class Img2ImgRunner:
                 pin_cuda_kernels()
             apply_plan(self.pipe, self.plan)
         self.graphs: GraphedUNet | None = None
-        if cuda_graphs and self.device.type == "cuda":
+        # SDXL's UNet also takes added_cond_kwargs, which GraphedUNet does not carry: it would replay every forward
+        # eagerly after failing to capture, so it is not even tried.
+        if cuda_graphs and self.device.type == "cuda" and self.family.xl:
+            log(f"CUDA graphs: off for {self.family.title} (its added conditioning runs eagerly)")
+        elif cuda_graphs and self.device.type == "cuda":
             self.graphs = GraphedUNet(self.pipe.unet.forward, row_buckets=graph_rows, log=log)
             self.pipe.unet.forward = self.graphs
             self.capture_graphs(graph_sizes, per_row_timesteps)
@@ -192,9 +203,16 @@ class Img2ImgRunner:
                 pipe._interrupt = True
             return tensors
 
+        extra: dict[str, Any] = {}
+        if self.family.refiner:
+            extra = {
+                "aesthetic_score": call.key.aesthetic_score,
+                "negative_aesthetic_score": call.key.negative_aesthetic_score,
+            }
         output = self.pipe(
             prompt=prompts,
-            negative_prompt=negatives,
+            # An empty negative prompt is diffusers' None (SDXL base: zero embeddings), as in step batching.
+            negative_prompt=None if call.key.no_negative_prompt else negatives,
             image=pixels,
             strength=call.key.strength,
             num_inference_steps=call.key.num_inference_steps,
@@ -202,5 +220,6 @@ class Img2ImgRunner:
             generator=generators,
             output_type="np",
             callback_on_step_end=stop_if_asked,
+            **extra,
         )
         return to_uint8(np.asarray(output.images, dtype=np.float32))

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from families import AESTHETIC_DEFAULTS, Family
 
 SEED_RANDOM = -1  # the seed value that asks the model to draw one (callers always send every input)
 MAX_SEED = 2**63 - 1  # seeds travel as INT64
@@ -21,10 +22,18 @@ MAX_SEED = 2**63 - 1  # seeds travel as INT64
 class InvalidInput(ValueError):
     """A request input the model cannot run; answered with INVALID_ARG for that request alone."""
 
+    words = "invalid input"
+
     def __init__(self, input_name: str, detail: str) -> None:
-        super().__init__(f"invalid input '{input_name}': {detail}")
+        super().__init__(f"{self.words} '{input_name}': {detail}")
         self.input_name = input_name
         self.detail = detail
+
+
+class UnsupportedInput(InvalidInput):
+    """An input the served family does not take (the frontend answers it 400 ``unsupported_field``)."""
+
+    words = "unsupported input"
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,10 @@ class GroupKey:
     strength: float
     guidance_scale: float
     scheduler: str
+    aesthetic_score: float | None = None
+    negative_aesthetic_score: float | None = None
+    # diffusers' negative_prompt=None (SDXL base: zeros, force_zeros_for_empty_prompt) is one call's scalar too.
+    no_negative_prompt: bool = False
 
 
 @dataclass(frozen=True)
@@ -77,6 +90,9 @@ class Img2ImgRequest:
     num_images_per_prompt: int
     seed: int  # image i uses seed + i
     scheduler: str
+    # SDXL refiner only (None for every other family): its size conditioning.
+    aesthetic_score: float | None = None
+    negative_aesthetic_score: float | None = None
 
     @property
     def seeds(self) -> list[int]:
@@ -85,7 +101,17 @@ class Img2ImgRequest:
     @property
     def group_key(self) -> GroupKey:
         height, width = self.image.shape[:2]
-        return GroupKey(height, width, self.num_inference_steps, self.strength, self.guidance_scale, self.scheduler)
+        return GroupKey(
+            height,
+            width,
+            self.num_inference_steps,
+            self.strength,
+            self.guidance_scale,
+            self.scheduler,
+            self.aesthetic_score,
+            self.negative_aesthetic_score,
+            not self.negative_prompt,
+        )
 
 
 @dataclass(frozen=True)
@@ -181,6 +207,23 @@ def _image(arrays: Mapping[str, np.ndarray | None], limits: Limits) -> np.ndarra
     return image
 
 
+def _aesthetic(arrays: Mapping[str, np.ndarray | None], name: str, family: Family | None) -> float | None:
+    """A refiner's score (NaN or absent: diffusers' default); any other family refuses a value it cannot use."""
+    flat = _scalar(arrays, name)
+    given = flat is not None and not (np.issubdtype(flat.dtype, np.floating) and math.isnan(float(flat[0])))
+    if family is None or name not in family.fields:
+        if given:
+            served = family.title if family is not None else "this model"
+            raise UnsupportedInput(name, f"the served model ({served}) does not take it; only an SDXL refiner does")
+        return None
+    if not given:
+        return AESTHETIC_DEFAULTS[name]
+    value = float(_number(arrays, name, AESTHETIC_DEFAULTS[name]))
+    if not 0.0 <= value <= 10.0:
+        raise InvalidInput(name, f"must be in [0.0, 10.0] but is {value}")
+    return value
+
+
 def check_inputs(
     index: int,
     arrays: Mapping[str, np.ndarray | None],
@@ -188,6 +231,7 @@ def check_inputs(
     defaults: Defaults,
     limits: Limits,
     schedulers: Iterable[str],
+    family: Family | None = None,
     seed_source: Callable[[], int] = draw_seed,
 ) -> Img2ImgRequest:
     """Validate one request's inputs; raises ``InvalidInput`` naming the input and echoing its value."""
@@ -229,6 +273,8 @@ def check_inputs(
     known = sorted(schedulers)
     if scheduler and scheduler not in known:
         raise InvalidInput("scheduler", f"must be one of {known} (or empty for the default) but is {scheduler!r}")
+    aesthetic_score = _aesthetic(arrays, "aesthetic_score", family)
+    negative_aesthetic_score = _aesthetic(arrays, "negative_aesthetic_score", family)
 
     return Img2ImgRequest(
         index=index,
@@ -241,6 +287,8 @@ def check_inputs(
         num_images_per_prompt=count,
         seed=seed,
         scheduler=scheduler,
+        aesthetic_score=aesthetic_score,
+        negative_aesthetic_score=negative_aesthetic_score,
     )
 
 

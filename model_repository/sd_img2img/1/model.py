@@ -55,6 +55,8 @@ INPUT_NAMES = (
     "num_images_per_prompt",
     "seed",
     "scheduler",
+    "aesthetic_score",
+    "negative_aesthetic_score",
 )
 # Deployment override for the weights, read once in ``initialize`` (the container sets it).
 MODEL_PATH_ENV = "SD_MODEL_PATH"
@@ -119,6 +121,7 @@ class TritonPythonModel:
         import torch
         from batch_invariance import InvalidPlan
         from cuda_graphs import row_buckets
+        from families import UnsupportedCheckpoint
 
         from img2img_pipeline import Img2ImgRunner
 
@@ -175,11 +178,18 @@ class TritonPythonModel:
             )
         except InvalidPlan as exc:  # invariant_modules: batch_invariance names the kind and the value
             raise pb_utils.TritonModelException(f"parameter {exc}") from exc
+        except UnsupportedCheckpoint as exc:  # a folder of another kind: what was found, and what is served
+            raise pb_utils.TritonModelException(f"{self.model_name} cannot serve {model_path!r}: {exc}") from None
         except Exception as exc:  # the weights: one line naming where they were looked for, not a thread's traceback
             raise pb_utils.TritonModelException(
                 f"could not load the pipeline from {model_path!r} (SD_MODEL_PATH or model_name_or_path):"
                 f" {type(exc).__name__}: {exc}"
             ) from None
+        family = self.runner.family
+        self.logger.log_info(
+            f"{self.model_name}: serving {family.title} ({family.name}, {family.prediction_type},"
+            f" native {family.native_side} px) as {family.pipeline}"
+        )
         if self.runner.plan is not None:
             self.logger.log_info(f"{self.model_name}: batch invariance plan {self.runner.plan}")
         self.schedulers = self.runner.scheduler_names
@@ -202,7 +212,7 @@ class TritonPythonModel:
         self.executing = self.executing_family.Metric(labels=labels)
         self.limits = Limits(
             min_image_side=self.runner.min_image_side,
-            max_image_side=parameters.max_image_side,
+            max_image_side=parameters.max_image_side or self.runner.family.max_image_side,
             max_images_per_prompt=parameters.max_images_per_prompt,
             max_inference_steps=parameters.max_inference_steps,
         )
@@ -211,6 +221,15 @@ class TritonPythonModel:
                 f"parameter default_scheduler must be one of {sorted(self.schedulers)}"
                 f" but is {self.defaults.scheduler!r}"
             )
+        # What the frontend shows and checks before it accepts a run (posted with the load, read by every pod's reader).
+        self.card = {
+            "family": family.name,
+            "title": family.title,
+            "schedulers": sorted(self.schedulers),
+            "fields": list(family.fields),
+            "native_side": family.native_side,
+            "max_image_side": self.limits.max_image_side,
+        }
         self.engine: StepEngine | None = None
         if self.batching == "step":
             self._start_engine(labels, parameters.determinism)
@@ -262,6 +281,7 @@ class TritonPythonModel:
         self.pace.start()
         assert self._torch is not None
         self._engine_done = self._torch.submit(self._run_engine)
+        self._publish_load()  # the card (and an idle load) from the start, not after the first request
 
     def _on_torch_thread(self, work: Callable[[], T]) -> T:
         """Run ``work`` on the thread that owns torch (step batching), or here (request batching)."""
@@ -327,7 +347,12 @@ class TritonPythonModel:
 
     def _check(self, index: int, request: Any) -> Img2ImgRequest:
         return check_inputs(
-            index, self._read_inputs(request), defaults=self.defaults, limits=self.limits, schedulers=self.schedulers
+            index,
+            self._read_inputs(request),
+            defaults=self.defaults,
+            limits=self.limits,
+            schedulers=self.schedulers,
+            family=self.runner.family,
         )
 
     def _answer(self, job: Job[Any], images: Any) -> None:
@@ -389,7 +414,7 @@ class TritonPythonModel:
                     self._published[name] = value
             # The same, with the sizes held, for the placer across pods (read by sd_img2img_progress).
             sizes = [list(group) for group in self.engine.groups() if isinstance(group, tuple)]  # (height, width)
-            load = {**self.engine.stats(), "sizes": sizes}
+            load = {**self.engine.stats(), "sizes": sizes, "model": self.card}
             if load != self._posted_load:
                 try:
                     self.board.post_load(load)

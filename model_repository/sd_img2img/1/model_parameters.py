@@ -32,7 +32,7 @@ class ModelParameters:
     local_files_only: bool = False
     dtype: str = "auto"  # auto: float16 on a GPU, float32 on a CPU
     default_scheduler: str = ""  # checked against the loaded schedulers after load
-    max_image_side: int = 1024
+    max_image_side: int | None = None  # None ("auto"): the family's (families.Family.max_image_side)
     max_images_per_prompt: int = 8
     max_inference_steps: int = 500
     max_images_per_call: int = 16
@@ -94,7 +94,11 @@ class ModelParameters:
             local_files_only=bool(read("local_files_only", lambda t: SWITCHES[t.strip().lower()], "true or false")),
             dtype=read("dtype", one_of(DTYPES), f"one of {', '.join(DTYPES)}"),
             default_scheduler=given.get("default_scheduler", ""),
-            max_image_side=read("max_image_side", whole(8), "a whole number of px, at least 8"),
+            max_image_side=read(
+                "max_image_side",
+                lambda t: None if t == "auto" else whole(8)(t),
+                "auto or a whole number of px, at least 8",
+            ),
             max_images_per_prompt=read("max_images_per_prompt", whole(1), "a whole number, at least 1"),
             max_inference_steps=read("max_inference_steps", whole(1), "a whole number, at least 1"),
             max_images_per_call=read("max_images_per_call", whole(1), "a whole number, at least 1"),

@@ -32,9 +32,17 @@ class LatentPreviewer:
         parameter = next(vae.parameters())
         generator = torch.Generator("cpu").manual_seed(seed)
         latents = torch.randn((samples, channels, side, side), generator=generator)
-        decoded = vae.decode(
-            (latents / config.scaling_factor).to(parameter.device, parameter.dtype), return_dict=False
-        )[0]
+        # A VAE that overflows in fp16 (SDXL's: force_upcast) is fit in float32, as its pipeline decodes.
+        upcast = parameter.dtype == torch.float16 and bool(getattr(config, "force_upcast", False))
+        if upcast:
+            torch.nn.Module.to(vae, dtype=torch.float32)
+        try:
+            decoded = vae.decode(
+                (latents / config.scaling_factor).to(parameter.device, next(vae.parameters()).dtype), return_dict=False
+            )[0]
+        finally:
+            if upcast:
+                torch.nn.Module.to(vae, dtype=torch.float16)
         rgb = torch.nn.functional.avg_pool2d(decoded.float().cpu(), scale)  # [samples, 3, side, side]
         x = torch.cat([latents.permute(0, 2, 3, 1).reshape(-1, channels), torch.ones(samples * side * side, 1)], 1)
         y = rgb.permute(0, 2, 3, 1).reshape(-1, 3)
