@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -57,6 +58,9 @@ def request_body(side: int) -> dict[str, object]:
             tensor("num_images_per_prompt", "INT32", [1, 1], [1]),
             tensor("seed", "INT64", [1, 1], [0]),
             tensor("scheduler", "BYTES", [1, 1], [""]),
+            # NaN: not given (Triton's JSON parser takes NaN); the canary works on any model family
+            tensor("aesthetic_score", "FP32", [1, 1], [math.nan]),
+            tensor("negative_aesthetic_score", "FP32", [1, 1], [math.nan]),
         ],
         "outputs": [{"name": "seeds"}],
     }

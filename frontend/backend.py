@@ -12,6 +12,7 @@ from typing import Protocol
 
 from .generation import Generated, GenerationInput, PodLoad, Progress
 from .health import BackendHealth
+from .model_card import ModelCard
 
 
 class QueueDeadlineExpired(Exception):
@@ -65,4 +66,8 @@ class Backend(Generator, Protocol):
 
     async def refresh(self) -> None:
         """Look after the pods: called at start and every ``SD_POD_CHECK_S`` (a Service resolved again)."""
+        ...
+
+    def model_card(self) -> ModelCard | None:
+        """What the served model says it is, as last read by ``refresh``; None while unknown."""
         ...

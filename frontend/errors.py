@@ -32,6 +32,12 @@ class InvalidRequest(ApiError):
     status, code = 422, "invalid_request"
 
 
+class UnsupportedField(ApiError):
+    """The served model does not take this field (``param``): it belongs to another kind of model."""
+
+    status, code = 400, "unsupported_field"
+
+
 class UnsupportedImage(ApiError):
     """The bytes are not an image format we accept."""
 
@@ -170,6 +176,7 @@ ERROR_TABLE: list[tuple[int, str, str]] = [
     for cls in (
         InvalidJson,
         InvalidRequest,
+        UnsupportedField,
         UnsupportedImage,
         InvalidImage,
         FileUrlFailed,

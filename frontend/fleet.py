@@ -40,6 +40,7 @@ from .backend import Pod, QueueDeadlineExpired
 from .errors import BackendUnavailable
 from .generation import Generated, GenerationInput, PodLoad, Progress
 from .metrics import Metrics
+from .model_card import ModelCard
 
 log = logging.getLogger(__name__)
 # fewest_forwards: the rule above; round_robin: each pod in turn, as gRPC's own policy would (to compare).
@@ -102,6 +103,9 @@ class PodSlot:
     runs: dict[int, tuple[int, tuple[int, int]]] = field(default_factory=dict)  # (rows, size) by call
     draining: bool = False  # its address vanished from the Service: no new runs, closed once empty
     reported: PodLoad | None = None  # the pod's own last report (every frontend's runs there)
+    # The model card of its last report that had one: a report that failed (a busy moment) does not
+    # forget what the pod serves; a restarted model posts its new card.
+    card: ModelCard | None = None
 
     @property
     def address(self) -> str:
@@ -171,10 +175,18 @@ class Fleet:
         reports = await asyncio.gather(*(slot.pod.load() for slot in slots), return_exceptions=True)
         for slot, report in zip(slots, reports, strict=True):
             slot.reported = report if not isinstance(report, BaseException) else None
+            if slot.reported is not None and slot.reported.model is not None:
+                slot.card = slot.reported.model
         if self.metrics is not None:
             for address, slot in self._slots.items():
                 self.metrics.pod_out.labels(address).set(int(slot.pod.health.out() is not None))
         await self._close_drained()
+
+    def model_card(self) -> ModelCard | None:
+        """The card the pods report, when they agree; None while none has reported one, or when they disagree
+        (pods serving different models: which one a run meets is placement's choice, so the model decides)."""
+        cards = {slot.card for slot in self._slots.values() if slot.card is not None}
+        return cards.pop() if len(cards) == 1 else None
 
     def _join(self, address: str) -> None:
         self._slots[address] = PodSlot(self.make_pod(address))

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from . import defaults
+from .model_card import ModelCard
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,9 @@ class GenerationInput:
     num_images_per_prompt: int = defaults.NUM_IMAGES_PER_PROMPT
     seed: int = -1  # -1: the model draws one and reports it
     scheduler: str = defaults.SCHEDULER
+    # SDXL refiner only; None: not given (sent as NaN, the model then applies diffusers' 6.0 and 2.5)
+    aesthetic_score: float | None = None
+    negative_aesthetic_score: float | None = None
 
 
 @dataclass(frozen=True)
@@ -52,3 +56,4 @@ class PodLoad:
 
     rows: int  # UNet rows active and waiting
     sizes: frozenset[tuple[int, int]]  # the latent sizes held (each its own forward per step)
+    model: ModelCard | None = None  # what the model says it is; None: it did not say (an older model)

@@ -42,6 +42,26 @@ class PredictBody(BaseModel):
         examples=SCHEDULER_EXAMPLES,
     )
     output_format: Literal["png", "jpeg", "webp"] = "png"
+    # SDXL refiner only (diffusers' names): refused with 400 unsupported_field by any other model. Not
+    # given (None) = the model's default. The bounds are the model's; NaN is refused, as it means "not given"
+    # on the wire.
+    aesthetic_score: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=10.0,
+        allow_inf_nan=False,
+        description=f"SDXL refiner only; default {defaults.AESTHETIC_SCORE}. The aesthetic score it is conditioned on.",
+    )
+    negative_aesthetic_score: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=10.0,
+        allow_inf_nan=False,
+        description=(
+            f"SDXL refiner only; default {defaults.NEGATIVE_AESTHETIC_SCORE}. The aesthetic score of the"
+            " negative conditioning."
+        ),
+    )
     cancel_after: str | float | None = Field(
         default=None,
         description="Deadline: 90s, 5m, 1h30m or seconds (1 s to 24 h); the Cancel-After header wins.",

@@ -70,7 +70,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = 20 * 1024 * 1024
     max_image_bytes: int = 15 * 1024 * 1024
     max_image_pixels: int = 40_000_000
-    max_image_side: int = 1024  # inputs larger than this are resized to fit
+    # Inputs larger than this are resized to fit. 0: follow the served model (its card's max_image_side:
+    # 2048 for SDXL), or 1024 while it has not said.
+    max_image_side: int = Field(default=0, ge=0)
     max_prompt_chars: int = 2000
     max_inference_steps: int = 150
     max_guidance_scale: float = 30.0

@@ -4,6 +4,7 @@ table. Which pod gets a run is ``fleet.py``'s business."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 
@@ -13,10 +14,13 @@ import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
 
 from .backend import CanceledByServer, QueueDeadlineExpired
-from .errors import ApiError, BackendTimeout, BackendUnavailable, GenerationFailed, InvalidRequest
+from .errors import ApiError, BackendTimeout, BackendUnavailable, GenerationFailed, InvalidRequest, UnsupportedField
 from .generation import Generated, GenerationInput, PodLoad, Progress
 from .health import BackendHealth
+from .model_card import ModelCard, parse_card
 from .wire import input_arrays
+
+log = logging.getLogger(__name__)
 
 CHANNEL_ARGS = [
     ("grpc.max_send_message_length", 2**31 - 1),
@@ -30,6 +34,8 @@ CHANNEL_ARGS = [
 
 
 _INVALID_INPUT = re.compile(r"invalid input '(?P<name>\w+)': (?P<detail>.*)", re.DOTALL)
+# A field the served model does not take (one of another family's: the SDXL refiner's aesthetic scores).
+_UNSUPPORTED_INPUT = re.compile(r"unsupported input '(?P<name>\w+)': (?P<detail>.*)", re.DOTALL)
 # Failures that prove the model cannot serve until Triton restarts: a dead stub ("Stub process '...' is not
 # healthy."), or a model that says it is not healthy (its step engine died). The liveness canary
 # (docker/triton_canary.py, stdlib only, in the Triton image) keeps the same tuple: tests/unit/test_one_source.py.
@@ -53,6 +59,9 @@ def map_error(exc: InferenceServerException) -> ApiError:
     invalid = _INVALID_INPUT.match(message)
     if invalid:
         return InvalidRequest(f"{invalid['name']}: {invalid['detail']}", param=invalid["name"])
+    unsupported = _UNSUPPORTED_INPUT.match(message)
+    if unsupported:
+        return UnsupportedField(f"{unsupported['name']}: {unsupported['detail']}", param=unsupported["name"])
     if "DEADLINE_EXCEEDED" in status or "Deadline Exceeded" in message:
         return BackendTimeout("the model did not answer in time")
     if "maximum queue size" in message:
@@ -80,6 +89,7 @@ class TritonPod:
         self.address, self.model, self.timeout_s, self.progress_model = address, model, timeout_s, progress_model
         self._client: grpcaio.InferenceServerClient | None = None
         self.health = BackendHealth()  # every call's outcome: what /readyz and placement judge by
+        self._bad_card = ""  # the last unreadable model card's error (logged once, not every refresh)
 
     @property
     def client(self) -> grpcaio.InferenceServerClient:
@@ -154,8 +164,22 @@ class TritonPod:
         try:
             load = json.loads(bytes(raw[0]))
             sizes = frozenset((int(height), int(width)) for height, width in load["sizes"])
-            return PodLoad(rows=int(load["rows_active"]) + int(load["rows_waiting"]), sizes=sizes)
+            rows = int(load["rows_active"]) + int(load["rows_waiting"])
         except (ValueError, KeyError, TypeError):
+            return None
+        return PodLoad(rows=rows, sizes=sizes, model=self._card(load.get("model")))
+
+    def _card(self, data: object) -> ModelCard | None:
+        """The model card of a load report; None when there is none (an older model). A card we cannot read
+        is logged, once per change, and treated as unknown: the load itself still counts for placement."""
+        if data is None:
+            return None
+        try:
+            return parse_card(data)
+        except ValueError as exc:
+            if str(exc) != self._bad_card:
+                self._bad_card = str(exc)
+                log.warning("pod %s: unreadable model card, treated as unknown: %s", self.address, exc)
             return None
 
     async def _ask_board(self, request_id: str) -> grpcclient.InferResult | None:

@@ -8,6 +8,7 @@ canary's, ``model.py``'s), to ``config.pbtxt`` field by field.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +34,8 @@ INPUTS = (
     TensorSpec("num_images_per_prompt", "INT32", (1,), optional=True),
     TensorSpec("seed", "INT64", (1,), optional=True),
     TensorSpec("scheduler", "BYTES", (1,), optional=True),
+    TensorSpec("aesthetic_score", "FP32", (1,), optional=True),
+    TensorSpec("negative_aesthetic_score", "FP32", (1,), optional=True),
 )
 OUTPUTS = (TensorSpec("images", "UINT8", (-1, -1, -1, 3)), TensorSpec("seeds", "INT64", (-1,)))
 NUMPY_TYPES: dict[str, type] = {
@@ -45,7 +48,8 @@ NUMPY_TYPES: dict[str, type] = {
 
 
 def input_arrays(job: GenerationInput) -> list[tuple[TensorSpec, np.ndarray]]:
-    """Every input, always (Triton batches only requests that carry the same set of inputs), batch of one."""
+    """Every input, always (Triton batches only requests that carry the same set of inputs), batch of one;
+    an optional float not given travels as NaN, which the model reads as "not given"."""
     values = {
         "prompt": job.prompt,
         "negative_prompt": job.negative_prompt,
@@ -55,6 +59,8 @@ def input_arrays(job: GenerationInput) -> list[tuple[TensorSpec, np.ndarray]]:
         "num_images_per_prompt": job.num_images_per_prompt,
         "seed": job.seed,
         "scheduler": job.scheduler,
+        "aesthetic_score": _or_nan(job.aesthetic_score),
+        "negative_aesthetic_score": _or_nan(job.negative_aesthetic_score),
     }
     arrays = []
     for spec in INPUTS:
@@ -67,3 +73,7 @@ def input_arrays(job: GenerationInput) -> list[tuple[TensorSpec, np.ndarray]]:
             array = np.array([[value]], dtype=NUMPY_TYPES[spec.datatype])
         arrays.append((spec, array))
     return arrays
+
+
+def _or_nan(value: float | None) -> float:
+    return math.nan if value is None else value

@@ -52,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--strength", type=float, default=0.8)
     parser.add_argument("--seed", type=int, default=None, help="same inputs + seed = same images")
     parser.add_argument("--scheduler", default="", help="e.g. euler, euler_a, ddim, dpm++ (default: the model's)")
+    parser.add_argument(
+        "--aesthetic-score", type=float, default=None, help="SDXL refiner only (default: the model's, 6.0)"
+    )
+    parser.add_argument(
+        "--negative-aesthetic-score", type=float, default=None, help="SDXL refiner only (default: the model's, 2.5)"
+    )
     parser.add_argument("--format", dest="output_format", choices=["png", "jpeg", "webp"], default="png")
     parser.add_argument("--webhook", dest="webhook_endpoint", default=None, help="POST the result there instead")
     parser.add_argument("--wait", action="store_true", help="with --webhook: also wait for the run and save it")
@@ -117,6 +123,8 @@ def _request(args: argparse.Namespace) -> Img2ImgRequest:
         strength=args.strength,
         scheduler=args.scheduler,
         output_format=args.output_format,
+        aesthetic_score=args.aesthetic_score,
+        negative_aesthetic_score=args.negative_aesthetic_score,
     )
 
 
@@ -201,6 +209,8 @@ def run_direct(args: argparse.Namespace, err: Console) -> int:
             num_images_per_prompt=args.num_images_per_prompt,
             seed=args.seed,
             scheduler=args.scheduler,
+            aesthetic_score=args.aesthetic_score,
+            negative_aesthetic_score=args.negative_aesthetic_score,
         )
     args.out_dir.mkdir(parents=True, exist_ok=True)
     paths = []

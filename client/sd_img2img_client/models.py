@@ -61,6 +61,10 @@ class Img2ImgRequest:
     strength: float = 0.8
     scheduler: str = ""
     output_format: OutputFormat = "png"
+    # SDXL refiner only (any other model answers 400 unsupported_field); None: not sent, the model's default
+    # (6.0 and 2.5).
+    aesthetic_score: float | None = None
+    negative_aesthetic_score: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -82,6 +86,11 @@ class Img2ImgRequest:
             body["seed"] = self.seed
         if self.webhook_endpoint is not None:
             body["webhook_endpoint"] = self.webhook_endpoint
+        # only when given: a service in front of another model refuses the field even at its default
+        if self.aesthetic_score is not None:
+            body["aesthetic_score"] = self.aesthetic_score
+        if self.negative_aesthetic_score is not None:
+            body["negative_aesthetic_score"] = self.negative_aesthetic_score
         return body
 
 

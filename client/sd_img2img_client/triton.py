@@ -6,6 +6,7 @@ Needs the ``triton`` extra: ``pip install "sd-img2img-client[triton]"``.
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,8 @@ INPUTS: tuple[tuple[str, str, tuple[int, ...], bool], ...] = (
     ("num_images_per_prompt", "INT32", (1,), True),
     ("seed", "INT64", (1,), True),
     ("scheduler", "BYTES", (1,), True),
+    ("aesthetic_score", "FP32", (1,), True),
+    ("negative_aesthetic_score", "FP32", (1,), True),
 )
 NUMPY_TYPES: dict[str, Any] = {
     "BYTES": object,
@@ -93,7 +96,10 @@ class TritonImg2ImgClient:
         num_images_per_prompt: int = 1,
         seed: int | None = None,
         scheduler: str = "",
+        aesthetic_score: float | None = None,
+        negative_aesthetic_score: float | None = None,
     ) -> TritonResult:
+        """``aesthetic_score``, ``negative_aesthetic_score``: SDXL refiner only; None = the model's default."""
         values = {
             "prompt": prompt,
             "image": to_rgb_array(image),
@@ -104,6 +110,9 @@ class TritonImg2ImgClient:
             "num_images_per_prompt": num_images_per_prompt,
             "seed": -1 if seed is None else seed,
             "scheduler": scheduler,
+            # every input is sent (so requests batch): a float not given travels as NaN, the model's "not given"
+            "aesthetic_score": math.nan if aesthetic_score is None else aesthetic_score,
+            "negative_aesthetic_score": math.nan if negative_aesthetic_score is None else negative_aesthetic_score,
         }
         inputs = []
         for name, datatype, _dims, _optional in INPUTS:  # every input, always: Triton batches equal sets only

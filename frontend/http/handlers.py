@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ..app_keys import HISTORY, METRICS, READINESS, RUNS, SETTINGS
+from ..app_keys import BACKEND, HISTORY, METRICS, READINESS, RUNS, SETTINGS
 from ..errors import (
     ApiError,
     BackendUnavailable,
@@ -204,4 +204,4 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return web.json_response(openapi_document(request.app[SETTINGS]))
+    return web.json_response(openapi_document(request.app[SETTINGS], request.app[BACKEND].model_card()))

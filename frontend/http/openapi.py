@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import ERROR_TABLE
+from ..model_card import ModelCard, max_image_side
 from ..schemas import PredictBody
 from ..settings import Settings
 from ..version import version
@@ -101,7 +102,9 @@ PREDICT_HEADERS = [
 ]
 
 
-def openapi_document(settings: Settings) -> dict[str, Any]:
+def openapi_document(settings: Settings, card: ModelCard | None = None) -> dict[str, Any]:
+    """Built per request: ``card`` is the served model's, as last read (None: unknown), so the document
+    (and the playground's form, built from it) follows the model the service fronts now."""
     body_schema = PredictBody.model_json_schema(ref_template="#/components/schemas/{model}")
     body_schema["properties"]["num_inference_steps"]["maximum"] = settings.max_inference_steps
     body_schema["properties"]["guidance_scale"]["maximum"] = settings.max_guidance_scale
@@ -110,10 +113,15 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
     body_schema["properties"]["negative_prompt"]["maxLength"] = settings.max_prompt_chars
     # What a client may want to fit an image to before sending it (larger sides are resized to fit).
     body_schema["x-limits"] = {
-        "max_image_side": settings.max_image_side,
+        "max_image_side": max_image_side(settings.max_image_side, card),
         "max_image_pixels": settings.max_image_pixels,
         "max_image_bytes": settings.max_image_bytes,
     }
+    if card is not None:
+        # What the served model is: its schedulers (the scheduler's examples become exactly those) and the
+        # model-specific fields it takes (the others are refused with 400 unsupported_field). Absent: unknown.
+        body_schema["x-model"] = card.as_dict()
+        body_schema["properties"]["scheduler"]["examples"] = list(card.schedulers)
     secured: list[dict[str, list[str]]] = [{"ApiKey": []}]
     return {
         "openapi": "3.1.0",

@@ -8,7 +8,8 @@ const FINAL = new Set(['succeeded', 'failed', 'canceled', 'aborted']);
 const EXTENSIONS = {png: 'png', jpeg: 'jpg', webp: 'webp'};
 
 // The form, in order: PredictBody property -> how it is shown. Bounds, defaults and options come from
-// /openapi.json; `step` is ours for floats (the schema has none).
+// /openapi.json; `step` is ours for floats (the schema has none). `model: true`: a field only some models
+// take, shown only when the served model's card (`x-model` in the schema) lists it.
 const FIELDS = {
   prompt: {label: 'Prompt', kind: 'textarea', hint: 'Ctrl+Enter (⌘+Enter) generates.'},
   negative_prompt: {label: 'Negative prompt', kind: 'textarea'},
@@ -21,12 +22,17 @@ const FIELDS = {
   seed: {label: 'Seed', kind: 'seed', hint: 'Empty = random.'},
   scheduler: {label: 'Scheduler', kind: 'list', hint: "Empty = the model's default."},
   output_format: {label: 'Output format', kind: 'select'},
+  aesthetic_score: {label: 'Aesthetic score', kind: 'optional', step: 0.5, model: true,
+    hint: "SDXL refiner only. Empty = the model's default (6.0)."},
+  negative_aesthetic_score: {label: 'Negative aesthetic score', kind: 'optional', step: 0.5, model: true,
+    hint: "SDXL refiner only. Empty = the model's default (2.5)."},
 };
 // Schema properties the page does not show: a browser tab cannot receive a webhook, and Cancel is a button.
 const OMITTED = ['webhook_endpoint', 'cancel_after'];
 // What history refills (the init image itself is not stored).
 const REFILLED = ['prompt', 'negative_prompt', 'strength', 'num_inference_steps', 'guidance_scale',
-  'num_images_per_prompt', 'seed', 'scheduler', 'output_format'];
+  'num_images_per_prompt', 'seed', 'scheduler', 'output_format', 'aesthetic_score', 'negative_aesthetic_score'];
+const DEFAULT_SCHEDULER = "model's default"; // the scheduler list's first, empty choice
 
 const $ = (id) => document.getElementById(id);
 const form = $('form');
@@ -35,6 +41,7 @@ const generateButton = $('generate');
 const cancelButton = $('cancel');
 const state = {
   limits: {max_image_side: Infinity, max_image_pixels: Infinity, max_image_bytes: Infinity},
+  model: null, // the served model's card (x-model), when the service knows it
   image: null, // what Generate sends: {file, blob, base64, width, height, from}
   imageJob: null, // the image being prepared; Generate waits for it
   previewUrl: null,
@@ -74,7 +81,7 @@ function buildField(name, spec) {
   else if (spec.kind === 'url') input = el('input', {id, type: 'url', placeholder: 'https://…', spellcheck: false});
   else if (spec.kind === 'range') input = el('input', {id, type: 'range', required: true});
   else if (spec.kind === 'list') input = el('input', {id, type: 'text', autocomplete: 'off', spellcheck: false});
-  else input = el('input', {id, type: 'number', required: spec.kind === 'number'});
+  else input = el('input', {id, type: 'number', required: spec.kind === 'number'}); // number, seed, optional
 
   if (spec.kind === 'range') {
     const output = el('output', {id: `${id}-value`});
@@ -135,13 +142,14 @@ function applySchema(doc) {
   const body = doc?.components?.schemas?.PredictBody;
   if (!body?.properties) throw new Error('it has no PredictBody schema');
   const properties = body.properties;
+  state.model = body['x-model'] ?? null;
+  if (Array.isArray(state.model?.schedulers)) schedulerChoices(state.model);
   for (const [name, spec] of Object.entries(FIELDS)) {
     const input = control(name);
     const schema = properties[name];
-    if (!schema) {
-      input.closest('.field').hidden = true; // a server without this field
-      continue;
-    }
+    // a server without this field, or one whose model does not take it (unknown model: not offered)
+    input.closest('.field').hidden = !schema || (spec.model === true && !shownForModel(name));
+    if (!schema) continue;
     const number = numeric(schema);
     if (number) {
       // Bounds before the value: a range input clamps its value to them.
@@ -154,7 +162,7 @@ function applySchema(doc) {
     if (Array.isArray(schema.enum)) {
       input.replaceChildren(...schema.enum.map((value) => el('option', {value, textContent: value})));
     }
-    if (Array.isArray(schema.examples)) {
+    if (Array.isArray(schema.examples) && input.tagName === 'INPUT') {
       $(`f-${name}-options`)?.replaceChildren(...schema.examples.map((value) => el('option', {value})));
     }
     if (schema.maxLength !== undefined) input.maxLength = schema.maxLength;
@@ -164,6 +172,22 @@ function applySchema(doc) {
   const unknown = Object.keys(properties).filter((name) => !(name in FIELDS) && !OMITTED.includes(name));
   if (unknown.length) console.warn('playground: schema properties neither shown nor OMITTED:', unknown);
   Object.assign(state.limits, body['x-limits']);
+}
+
+const shownForModel = (name) => Array.isArray(state.model?.fields) && state.model.fields.includes(name);
+
+// The served model's schedulers, exactly: the free text box (any diffusers name) becomes a list of what it
+// accepts, its default first.
+function schedulerChoices(model) {
+  const old = control('scheduler');
+  const select = el('select', {id: old.id});
+  select.setAttribute('aria-describedby', old.getAttribute('aria-describedby') ?? '');
+  select.append(el('option', {value: '', textContent: DEFAULT_SCHEDULER}),
+    ...model.schedulers.map((name) => el('option', {value: name, textContent: name})));
+  $(`${old.id}-options`)?.remove();
+  old.replaceWith(select);
+  const hint = $(`${old.id}-hint`);
+  if (hint) hint.textContent = `What the served model (${model.title ?? model.family}) accepts.`;
 }
 
 // ---- The init image -----------------------------------------------------------------------------------
@@ -344,6 +368,11 @@ function requestBody() {
   if (value('seed').trim() !== '') body.seed = Number(value('seed'));
   body.scheduler = value('scheduler').trim();
   body.output_format = value('output_format');
+  for (const [name, spec] of Object.entries(FIELDS)) { // sent only when shown (the model takes it) and given
+    if (spec.kind === 'optional' && !control(name).closest('.field').hidden && value(name).trim() !== '') {
+      body[name] = Number(value(name));
+    }
+  }
   return body;
 }
 
@@ -372,7 +401,10 @@ async function generate() {
     run.status = accepted.status || 'queued';
     if (run.cancelRequested) sendCancel(run); // Cancel was pressed before the run had an id
     const view = await follow(run);
-    if (view.status === 'succeeded') showResults(view);
+    if (view.status === 'succeeded') {
+      finishProgress();
+      showResults(view);
+    }
     else showError(new ApiError(view.error ?? {message: runMessage(view)}));
   } catch (error) {
     if (!run.id) run.status = 'not started';
@@ -486,6 +518,15 @@ function showProgress(progress) {
     $('progress-preview').src = progress.preview; // a data: URI of a small JPEG, scaled up by CSS
     $('progress-preview').hidden = false;
   }
+}
+
+// A run that succeeded made every step, but its last progress may never be shown: the run can end between
+// two progress polls. So the bar ends full, not at "step 36 of 41". (No progress seen: nothing to finish.)
+function finishProgress() {
+  const bar = $('progress-bar');
+  if ($('progress').hidden) return;
+  bar.value = bar.max;
+  $('progress-text').textContent = `done: step ${bar.max} of ${bar.max}`;
 }
 
 async function sendCancel(run) {
@@ -641,6 +682,8 @@ function historyItem(run) {
 const shellQuote = (text) => `'${String(text).replaceAll("'", "'\\''")}'`;
 // argparse takes a value starting with "-" for an option unless it is attached with "=".
 const option = (name, text) => (String(text).startsWith('-') ? `${name}=${shellQuote(text)}` : `${name} ${shellQuote(text)}`);
+// The model-specific fields a snippet may carry: (body field = client keyword, CLI option).
+const MODEL_OPTIONS = [['aesthetic_score', '--aesthetic-score'], ['negative_aesthetic_score', '--negative-aesthetic-score']];
 // JSON string and number literals are Python literals too (null aside).
 const python = (value) => (value === undefined || value === null ? 'None' : JSON.stringify(value));
 
@@ -679,6 +722,7 @@ function renderCode() {
     `        seed=${python(body.seed)},`,
     `        scheduler=${python(body.scheduler)},`,
     `        output_format=${python(body.output_format)},`,
+    ...MODEL_OPTIONS.filter(([name]) => name in body).map(([name]) => `        ${name}=${python(body[name])},`),
     '    ))',
     'for path in result.save("."):  # <run_id>_<seed>.<ext>',
     '    print(path)',
@@ -692,6 +736,7 @@ function renderCode() {
     `--num-images ${body.num_images_per_prompt}`];
   if (body.seed !== undefined) cli.push(`--seed ${body.seed}`);
   if (body.scheduler) cli.push(option('--scheduler', body.scheduler));
+  for (const [name, flag] of MODEL_OPTIONS) if (name in body) cli.push(`${flag} ${body[name]}`);
   cli.push(`--format ${body.output_format}`, `--url ${shellQuote(origin)}`, '--api-key "$SD_API_KEY"');
   $('code-cli').textContent = cli.join(' ');
 }

@@ -56,6 +56,9 @@ def generation_input(params: dict[str, Any], image: np.ndarray) -> GenerationInp
         num_images_per_prompt=params["num_images_per_prompt"],
         seed=-1 if params["seed"] is None else params["seed"],
         scheduler=params["scheduler"],
+        # absent from runs recorded before the fields existed (taken over after an upgrade)
+        aesthetic_score=params.get("aesthetic_score"),
+        negative_aesthetic_score=params.get("negative_aesthetic_score"),
     )
 
 

@@ -21,7 +21,7 @@ THUMBNAIL_SIDE = 128
 # What a summary shows of a run's parameters: enough to fill the form again.
 SUMMARY_PARAMS = (
     "prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "num_images_per_prompt", "strength",
-    "seed", "scheduler", "output_format", "image_source", "file_url",
+    "seed", "scheduler", "output_format", "image_source", "file_url", "aesthetic_score", "negative_aesthetic_score",
 )  # fmt: skip
 
 

@@ -19,6 +19,7 @@ from ..errors import ERROR_TABLE, ApiError, InvalidRequest, NotFound, ResultExpi
 from ..fairness import Fairness, Slot
 from ..fetch import check_url, fetch_file_url
 from ..metrics import Metrics
+from ..model_card import max_image_side, refuse_unsupported
 from ..netguard import host_denial_reason
 from ..quota import Quota
 from ..schemas import PredictBody
@@ -93,9 +94,16 @@ class RunService:
         warnings: list[str] = []
         timings: dict[str, float] = {}
         started = time.perf_counter()
+        # What the served model is, as last read from it: a field it cannot take is refused before any work
+        # (an unknown card lets it through, and the model refuses it with the same 400).
+        card = self.executor.backend.model_card()
+        refuse_unsupported(body.model_dump(), card)
         if body.webhook_endpoint is not None:
             await self._check_webhook_endpoint(body.webhook_endpoint)
-        limits = {"max_pixels": self.settings.max_image_pixels, "max_side": self.settings.max_image_side}
+        limits = {
+            "max_pixels": self.settings.max_image_pixels,
+            "max_side": max_image_side(self.settings.max_image_side, card),
+        }
         if body.image:
             if body.file_url:
                 warnings.append(BOTH_SOURCES_WARNING)

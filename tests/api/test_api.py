@@ -68,6 +68,7 @@ async def test_another_keys_run_is_404_like_an_unknown_one(api: TestClient[web.R
 ERROR_CASES: dict[str, tuple[int, Callable[[], Any]]] = {
     "invalid_json": (400, lambda: '{"prompt": "a cat"\n"seed": 1}'),
     "invalid_request": (422, lambda: body(num_inference_steps=0)),
+    "unsupported_field": (400, lambda: body(prompt="fail:unsupported", aesthetic_score=7.0)),
     "unsupported_image": (415, lambda: body(image=base64.b64encode(b"%PDF-1.7 not an image").decode())),
     "invalid_image": (422, lambda: body(image=base64.b64encode(png_bytes()[:60]).decode())),
     "invalid_request:not base64": (422, lambda: body(image="not base64 at all!")),

@@ -22,7 +22,7 @@ import psutil
 import pytest
 import requests
 from PIL import Image
-from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Page, Route, expect, sync_playwright
 
 from embedded.frontend_process import Frontend
 from embedded.triton_server import EmbeddedTriton
@@ -244,6 +244,10 @@ def test_a_running_generation_shows_its_step_bar_and_a_live_preview(page: Page, 
     assert src.startswith("data:image/jpeg;base64,")
     page.wait_for_function(f"() => document.getElementById('progress-bar').value > {first}", timeout=30_000)
     expect(page.get_by_role("img", name=re.compile(r"seed 11"))).to_have_count(1, timeout=RESULT_TIMEOUT_MS)
+    # Succeeded: every step was made, whether or not its last progress was seen (the run may end between
+    # two polls), so the bar ends full rather than at "step 55 of 61".
+    expect(page.locator("#progress-text")).to_have_text("done: step 61 of 61")
+    assert (bar.get_attribute("value"), bar.get_attribute("max")) == ("61", "61")
 
 
 def test_the_form_follows_the_api_schema(page: Page, site: Frontend) -> None:
@@ -269,6 +273,59 @@ def test_the_form_follows_the_api_schema(page: Page, site: Frontend) -> None:
     assert [text.strip() for text in formats] == schema["properties"]["output_format"]["enum"]
     for name in ("Generate", "Cancel"):
         expect(page.get_by_role("button", name=name, exact=True)).to_have_count(1)
+
+
+MODEL_FIELDS = ("Aesthetic score", "Negative aesthetic score")
+
+
+def test_the_scheduler_is_a_list_of_what_the_served_model_accepts_and_its_fields_show_only_if_it_takes_them(
+    page: Page, site: Frontend
+) -> None:
+    schema = requests.get(f"{site.url}/openapi.json", timeout=10).json()["components"]["schemas"]["PredictBody"]
+    card = schema.get("x-model")
+    assert card is not None and card["fields"] == [], "the tiny SD 1.x model posts its card (it takes no extra field)"
+    scheduler = field(page, "Scheduler")
+    assert scheduler.evaluate("(node) => node.tagName") == "SELECT"
+    options = scheduler.locator("option")
+    assert [options.nth(i).get_attribute("value") for i in range(options.count())] == ["", *card["schedulers"]]
+    assert options.first.inner_text() == "model's default" and scheduler.input_value() == ""
+    for label in MODEL_FIELDS:  # the model does not take them: not offered, not sent
+        expect(field(page, label)).to_be_hidden()
+    scheduler.select_option(card["schedulers"][-1])
+    curl = page.locator("#code-curl").inner_text()
+    body = json.loads(curl.split("<<'JSON'\n", 1)[1].rsplit("\nJSON", 1)[0])
+    assert body["scheduler"] == card["schedulers"][-1] and "aesthetic_score" not in body
+
+    # Served by an SDXL refiner (its card in the document, as the model would post it): the scores are
+    # offered, bounded by the schema, and sent, in the snippets too, only when filled in.
+    def as_refiner(route: Route) -> None:
+        document = route.fetch().json()
+        document["components"]["schemas"]["PredictBody"]["x-model"] = {
+            **card,
+            "family": "sdxl-refiner",
+            "title": "SDXL refiner",
+            "schedulers": ["euler", "euler_a"],
+            "fields": ["aesthetic_score", "negative_aesthetic_score"],
+        }
+        route.fulfill(json=document)
+
+    page.route("**/openapi.json", as_refiner)
+    page.reload()
+    page.evaluate("() => window.playground.ready")
+    options = field(page, "Scheduler").locator("option")
+    assert [options.nth(i).get_attribute("value") for i in range(options.count())] == ["", "euler", "euler_a"]
+    score = field(page, "Aesthetic score")
+    expect(score).to_be_visible()
+    assert (score.get_attribute("min"), score.get_attribute("max")) == ("0", "10")
+    expect(field(page, "Negative aesthetic score")).to_be_visible()
+    expect(score).to_have_value("")  # not given: the model's default
+    score.fill("7.5")
+    curl = page.locator("#code-curl").inner_text()
+    body = json.loads(curl.split("<<'JSON'\n", 1)[1].rsplit("\nJSON", 1)[0])
+    assert body["aesthetic_score"] == 7.5 and "negative_aesthetic_score" not in body
+    assert "aesthetic_score=7.5," in page.locator("#code-python").inner_text()
+    assert "--aesthetic-score 7.5" in page.locator("#code-cli").inner_text()
+    assert "--negative-aesthetic-score" not in page.locator("#code-cli").inner_text()
 
 
 def test_the_key_stays_in_session_storage_never_in_the_url_or_a_cookie(page: Page, site: Frontend) -> None:

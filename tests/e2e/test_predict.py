@@ -189,6 +189,30 @@ async def test_validation_error_is_422_naming_the_field_and_value(
     assert (status, answer["error"]["param"]) == (422, "steps")
 
 
+async def newest_run(http: aiohttp.ClientSession, frontend: Frontend) -> str | None:
+    async with http.get(f"{frontend.url}/runs", params={"limit": "1"}) as response:
+        runs = (await response.json())["runs"]
+    return runs[0]["run_id"] if runs else None
+
+
+async def test_the_served_models_card_is_read_from_it_and_a_field_it_does_not_take_is_400_before_a_run(
+    http: aiohttp.ClientSession, frontend: Frontend, image_b64: str
+) -> None:
+    async with http.get(f"{frontend.url}/openapi.json") as response:
+        schema = (await response.json())["components"]["schemas"]["PredictBody"]
+    card = schema["x-model"]  # from the model's load report: the tiny model is an SD 1.x
+    assert (card["family"], card["title"], card["fields"]) == ("sd1", "SD 1.x", [])
+    assert "euler_a" in card["schedulers"] and schema["x-limits"]["max_image_side"] == card["max_image_side"]
+    before = await newest_run(http, frontend)
+    for name in ("aesthetic_score", "negative_aesthetic_score"):
+        status, answer, _ = await post(http, frontend, seed_body(image_b64, num_inference_steps=4, **{name: 7.0}))
+        assert (status, answer["error"]["code"], answer["error"]["param"]) == (400, "unsupported_field", name), answer
+        assert answer["error"]["message"].startswith(f"{name}: the served model (SD 1.x) does not take it")
+    assert await newest_run(http, frontend) == before  # refused before it became a run
+    status, answer, _ = await post(http, frontend, seed_body(image_b64, num_inference_steps=4, aesthetic_score=None))
+    assert status == 200, answer  # null: not given (sent to the model as NaN)
+
+
 async def test_triton_down_is_503_with_retry_after(
     http: aiohttp.ClientSession, make_frontend: Callable[..., Frontend], image_b64: str
 ) -> None:

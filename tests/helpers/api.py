@@ -13,11 +13,14 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from tritonclient.utils import InferenceServerException
 
 from frontend.backend import CanceledByServer
 from frontend.errors import BackendTimeout, BackendUnavailable, GenerationFailed
 from frontend.generation import Generated, GenerationInput, Progress
 from frontend.health import BackendHealth
+from frontend.model_card import ModelCard
+from frontend.triton_backend import map_error
 
 from .servers import png_bytes
 from .support import API_KEYS
@@ -30,7 +33,31 @@ FAILURES: dict[str, Exception] = {
     "fail:generation": GenerationFailed("the model failed to generate the images"),
     "fail:crash": RuntimeError("a bug"),
     "fail:server-cancel": CanceledByServer("[StatusCode.CANCELLED] Locally cancelled by application!"),
+    # A model that does not take a field it was sent, in its own words, through the real error mapping.
+    "fail:unsupported": map_error(
+        InferenceServerException(
+            "unsupported input 'aesthetic_score': SD 1.x does not take it; only an SDXL refiner does",
+            status="StatusCode.INVALID_ARGUMENT",
+        )
+    ),
 }
+# A model card as the model posts it (tests give it to ``ScriptedBackend.card``).
+SDXL_BASE = ModelCard(
+    family="sdxl",
+    title="SDXL base",
+    schedulers=("EulerDiscreteScheduler", "ddim", "euler", "euler_a"),
+    fields=frozenset(),
+    native_side=1024,
+    max_image_side=2048,
+)
+SDXL_REFINER = ModelCard(
+    family="sdxl-refiner",
+    title="SDXL refiner",
+    schedulers=("ddim", "euler"),
+    fields=frozenset({"aesthetic_score", "negative_aesthetic_score"}),
+    native_side=1024,
+    max_image_side=2048,
+)
 
 
 class ScriptedBackend:
@@ -43,6 +70,7 @@ class ScriptedBackend:
         self.jobs: list[GenerationInput] = []
         self.progress_of: dict[str, Progress] = {}  # what progress() answers, by request id
         self.release = asyncio.Event()  # prompts "hold" wait for it
+        self.card: ModelCard | None = None  # what model_card() answers: the served model, as if read from it
 
     async def generate(
         self,
@@ -78,6 +106,9 @@ class ScriptedBackend:
 
     async def refresh(self) -> None:
         return None
+
+    def model_card(self) -> ModelCard | None:
+        return self.card
 
     async def close(self) -> None:
         return None

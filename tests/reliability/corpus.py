@@ -189,6 +189,14 @@ def corpus(max_body_bytes: int, max_image_bytes: int) -> list[Case]:
         Case("output_format unknown", lambda: body(png_bytes(), output_format="gif"), (422,), "invalid_request"),
         Case("unknown field (steps)", lambda: body(png_bytes(), steps=2), (422,), "invalid_request"),
         Case("scheduler unknown", lambda: body(png_bytes(), scheduler="no-such-scheduler"), (422,), "invalid_request"),
+        # the tiny model is an SD 1.x: only an SDXL refiner takes an aesthetic score
+        Case("aesthetic_score on SD 1.x", lambda: body(png_bytes(), aesthetic_score=6.0), (400,), "unsupported_field"),
+        Case(
+            "aesthetic_score NaN literal",
+            lambda: body(png_bytes()).replace(b'"seed": 7', b'"seed": 7, "aesthetic_score": NaN'),
+            (422,),
+            "invalid_request",
+        ),
         Case("webhook_endpoint ftp", lambda: body(png_bytes(), webhook_endpoint="ftp://x/y"), (422,)),
         Case("file_url javascript:", lambda: body(None, file_url="javascript:alert(1)"), (422,), "file_url_failed"),
         Case(

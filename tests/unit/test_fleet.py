@@ -18,6 +18,7 @@ from frontend.fleet import Fleet, Targets, parse_targets
 from frontend.generation import Generated, GenerationInput, PodLoad, Progress
 from frontend.health import BackendHealth
 from frontend.metrics import Metrics
+from frontend.model_card import ModelCard
 
 
 @dataclass
@@ -287,6 +288,30 @@ async def test_a_service_resolved_again_adds_new_pods_and_drains_vanished_ones()
     await backend.close()
     assert all(pod.closed for pod in made.values())
     assert math.isinf(made["10.0.0.3:8001"].health.ok_at)
+
+
+def card(family: str, title: str) -> ModelCard:
+    return ModelCard(family, title, ("euler",), frozenset(), 1024, 2048)
+
+
+async def test_the_model_card_is_the_pods_last_one_while_they_agree() -> None:
+    backend, pods = fleet("a", "b")
+    assert backend.model_card() is None  # nothing read yet
+    base, refiner = card("sdxl", "SDXL base"), card("sdxl-refiner", "SDXL refiner")
+    pods["a"].reports = PodLoad(rows=0, sizes=frozenset(), model=base)
+    await backend.refresh()
+    assert backend.model_card() == base  # b has said nothing (an older model): a's card stands
+    pods["b"].reports = PodLoad(rows=0, sizes=frozenset(), model=base)
+    await backend.refresh()
+    pods["a"].reports = None  # a report that failed (a busy moment) forgets nothing
+    await backend.refresh()
+    assert backend.model_card() == base
+    pods["b"].reports = PodLoad(rows=0, sizes=frozenset(), model=refiner)  # b restarted with another model
+    await backend.refresh()
+    assert backend.model_card() is None  # which one a run meets is placement's choice: unknown
+    pods["a"].reports = PodLoad(rows=0, sizes=frozenset(), model=refiner)
+    await backend.refresh()
+    assert backend.model_card() == refiner
 
 
 async def test_round_robin_placement_is_blind_to_load_and_an_unknown_rule_is_refused() -> None:

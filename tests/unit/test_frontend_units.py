@@ -74,6 +74,12 @@ def test_allowlist_opens_exactly_its_networks() -> None:
             errors.InvalidRequest,
             "strength",
         ),
+        (
+            "StatusCode.INVALID_ARGUMENT",
+            "unsupported input 'aesthetic_score': SDXL base does not take it",
+            errors.UnsupportedField,
+            "aesthetic_score",
+        ),
         ("StatusCode.UNAVAILABLE", "Exceeds maximum queue size", errors.BackendUnavailable, None),
         ("StatusCode.UNAVAILABLE", "failed to connect to all addresses", errors.BackendUnavailable, None),
         ("StatusCode.INTERNAL", "Stub process 'sd_img2img_0_0' is not healthy.", errors.BackendUnavailable, None),

@@ -64,6 +64,19 @@ def test_the_defaults_are_diffusers_own() -> None:
         assert signature[name].default == DEFAULTS[name], name
 
 
+def test_the_aesthetic_scores_defaults_are_the_sdxl_refiners_in_diffusers_and_the_model() -> None:
+    """The API's default is "not given" (the model applies these); the schema's descriptions and the docs say them."""
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+    from families import AESTHETIC_DEFAULTS
+
+    signature = inspect.signature(StableDiffusionXLImg2ImgPipeline.__call__).parameters
+    ours = {"aesthetic_score": defaults.AESTHETIC_SCORE, "negative_aesthetic_score": defaults.NEGATIVE_AESTHETIC_SCORE}
+    assert ours == {name: signature[name].default for name in ours} == AESTHETIC_DEFAULTS
+    for name, value in ours.items():
+        assert PredictBody.model_fields[name].default is None
+        assert f"default {value}" in (PredictBody.model_fields[name].description or ""), name
+
+
 def test_schema_domain_model_and_client_share_the_defaults() -> None:
     from img2img_requests import Defaults
     from sd_img2img_client.models import Img2ImgRequest
