@@ -3,9 +3,13 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-TINY_MODEL_DIR := .models/tiny-sd-img2img
+# Which Stable Diffusion the tiny model is: sd1 (SD 1.5's shape), sd2-v (SD 2.1 768, v-prediction), sdxl or
+# sdxl-refiner. `make serve FAMILY=sdxl` serves that one; a MODEL_DIR of yours says its own family.
+FAMILY ?= sd1
+TINY_MODEL_DIR := .models/$(if $(filter sd1,$(FAMILY)),tiny-sd-img2img,tiny-$(FAMILY))
 MODEL_DIR ?= $(TINY_MODEL_DIR)
 SD15_DIR ?= .models/sd15-random
+SDXL_DIR ?= .models/sdxl-random
 TRITON_ARGS ?=
 SERVE_ARGS ?=
 # Where the tiny model and the venv come from is the only set-up; everything below depends on it.
@@ -14,7 +18,7 @@ TINY_STAMP := $(TINY_MODEL_DIR)/tiny_model_build.json
 # Only the default tiny-model folder is ever built: a MODEL_DIR of yours is served as it is, never written.
 SERVED_MODEL := $(if $(filter $(abspath $(TINY_MODEL_DIR)),$(abspath $(MODEL_DIR))),model,setup)
 
-.PHONY: setup model model-sd15 postgres browser perf-analyzer playground-shot triton serve serve-replicas serve-fleet serve-sd15 real-size test lint reliability bench \
+.PHONY: setup model model-sd15 model-sdxl postgres browser perf-analyzer playground-shot triton serve serve-replicas serve-fleet serve-sd15 real-size real-size-sdxl test lint reliability bench \
 	bench-replicas gpu-carry gpu-rehearsal gpu-report mutation clean
 
 setup: $(SETUP_STAMP)
@@ -30,11 +34,16 @@ $(SETUP_STAMP): pyproject.toml client/pyproject.toml
 model: $(TINY_STAMP)
 
 $(TINY_STAMP): $(SETUP_STAMP) embedded/tiny_model.py
-	$(PY) -m embedded.tiny_model $(TINY_MODEL_DIR)
+	$(PY) -m embedded.tiny_model --family $(FAMILY) $(TINY_MODEL_DIR)
 
 # Full-size SD 1.5 with random weights (4.3 GB fp32, about a minute here): real size without a download.
 model-sd15: setup
 	$(PY) -m embedded.sd15_model $(SD15_DIR)
+
+# Full-size SDXL base 1.0 with random weights (13.9 GB fp32, built a component at a time: peak RSS about the
+# UNet's 10.3 GB; a few minutes here).
+model-sdxl: setup
+	$(PY) -m embedded.sdxl_model $(SDXL_DIR)
 
 # Debian packages, only for the tools that are missing: embedded/prereqs.py probes each one, keeps what
 # works (the image's NodeSource node and npm included), says what it installs, and probes again after.
@@ -92,6 +101,12 @@ serve-sd15: model-sd15
 real-size: model-sd15
 	$(PY) -m bench.real_size --model-path $(SD15_DIR)
 
+# SDXL base at real size on this CPU: load through the model's loader, memory, one UNet forward (2 rows) and the
+# VAE at 1024 px, in one process (a 1024 px request through the stack would take hours here); writes
+# docs/real-size-sdxl.md. About 10 min, 15 GB of RAM.
+real-size-sdxl: model-sdxl
+	nice -n 10 $(PY) -m bench.real_size --family sdxl --model-path $(SDXL_DIR)
+
 test: model postgres browser lint
 	$(PY) -m pytest
 
@@ -102,9 +117,9 @@ reliability: model model-sd15 postgres
 	$(PY) -m tests.reliability.report; report=$$?; \
 	$(PY) -m bench.real_size --model-path $(SD15_DIR) && exit $$(( status || report ))
 
-# Every benchmark side by side (about 20 min here); writes docs/benchmarks.md, docs/img/*.png, docs/bench-replicas.md,
-# docs/step-batching.md (step against request batching: mixed settings, head-of-line blocking), docs/step-cost.md,
-# docs/auth-timing.md.
+# Every benchmark side by side (about 25 min here); writes docs/benchmarks.md, docs/img/*.png, docs/bench-replicas.md,
+# docs/step-batching.md (step against request batching: mixed settings, head-of-line blocking) and its SDXL twin
+# docs/step-batching-sdxl.md (the bench builds the SDXL tiny model if missing), docs/step-cost.md, docs/auth-timing.md.
 # On a GPU machine: make bench BENCH_ARGS="--model-path /weights/sd15 --size 512 --steps 50 --strength 0.8"
 BENCH_ARGS ?=
 bench: model postgres perf-analyzer
@@ -112,6 +127,7 @@ bench: model postgres perf-analyzer
 	$(PY) -m bench.replicas
 	$(PY) -m bench.fleet
 	$(PY) -m bench.step_batching
+	$(PY) -m bench.step_batching --family sdxl
 	$(PY) -m bench.step_cost
 	$(PY) -m bench.auth_timing
 

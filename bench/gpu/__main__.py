@@ -15,7 +15,11 @@ Phases, in order of value (the default order), each skipped when the time budget
 5. ``speed``: CUDA graphs and channels_last on the chosen design (each kept only where exact and
    faster); batch sizes 2, 4, 16;
 6. ``direct``: the model's own runner at batch 1 and 8, ``batched`` and ``batch_invariant``;
-7. ``map``: the batch-variance map (``bench/gpu/variance.py``), default and pinned kernels (it exists:
+7. ``sdxl``: the full-size random SDXL base built on the device (fp16, ``--sdxl-model-path``; never
+   carried) and measured at 1024 px as SD 1.5 was: bytes alone vs. batched for plain batching, the
+   shipped plan and the plan ``designs`` chose, images/s at batch 1, 2 and 4, whole components alone
+   vs. batched (kernels pinned); figures under ``sdxl.``. Before ``map``: that map exists already;
+8. ``map``: the batch-variance map (``bench/gpu/variance.py``), default and pinned kernels (it exists:
    ``docs/gpu-run-1.json``; rerun it with ``--phases map``).
 
 Every figure is written to ``--out/gpu-report.json`` as soon as it is measured, so a run cut off
@@ -41,9 +45,14 @@ from typing import Any
 from bench.workload import Workload
 from embedded.lifecycle import stop_on_signals
 
-PHASES = ("stub", "e2e", "tests", "designs", "speed", "direct", "map")
+PHASES = ("stub", "e2e", "tests", "designs", "speed", "direct", "sdxl", "map")
 # The default hosted-API request: 512x512, 50 steps at strength 0.8 (40 denoising steps), guidance 7.5.
 FULL = {"size": 512, "num_inference_steps": 50, "strength": 0.8, "guidance_scale": 7.5, "variants": 8}
+# SDXL at its native 1024 px: a step there is about 4x SD 1.5's at 512, so 10 denoising steps per timed
+# request, and 4 requests per bytes check (alone vs. a batch of 4 and of 3), for the phase to fit the budget.
+SDXL = {"size": 1024, "num_inference_steps": 20, "strength": 0.5, "guidance_scale": 7.5, "variants": 4}
+SDXL_BATCHES = (1, 2, 4)
+SDXL_REQUESTS = 4
 # The bytes check runs fewer steps: invariance is a property of each step's kernels.
 CHECK_STEPS = 10
 
@@ -161,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stub-python-path", default="", help="folders put first on the Python stub's path")
     parser.add_argument("--design", default="", help="invariant_modules for e2e/speed when designs did not run")
     parser.add_argument("--cuda-graphs", action="store_true", help="e2e with cuda_graphs when speed did not run")
+    parser.add_argument("--sdxl-model-path", type=Path, help="the sdxl phase's diffusers folder (built if missing)")
+    parser.add_argument("--sdxl-workload", default=json.dumps(SDXL), help="the sdxl phase's Workload as JSON")
     args = parser.parse_args(argv)
     stop_on_signals()  # SIGTERM, SIGHUP and Ctrl-C still run the cleanup that stops the servers
     phases = [p.strip() for p in args.phases.split(",") if p.strip()]
@@ -232,6 +243,28 @@ def main(argv: list[str] | None = None) -> int:
         if done.returncode not in (0, 5):  # 5: none collected
             raise RuntimeError(f"gpu tests failed: {lines[-1] if lines else done.stderr[-500:]}")
 
+    def run_sdxl() -> None:
+        import torch
+
+        if args.sdxl_model_path is None:
+            raise RuntimeError("no --sdxl-model-path: nowhere to build SDXL")
+        sdxl_args = json.loads(args.sdxl_workload)
+        report.record("sdxl.workload", Workload(**sdxl_args).describe())
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()  # sdxl.gpu_peak_gib: this phase's, SD 1.5 still loaded
+        scoped = measure.Scoped(report, "sdxl")
+        xl = measure.Session(args.sdxl_model_path, sdxl_args, scoped, seconds=args.seconds, family="sdxl")
+        # Plain batching, the device kind's shipped plan, and the plan SD 1.5's designs chose (when another).
+        rows: dict[str, tuple[str | None, bool]] = {"batched": (None, False), "shipped": (xl.default_spec(), True)}
+        picked = (chosen or {}).get("spec")
+        if picked is not None and picked != rows["shipped"][0]:
+            rows["chosen"] = (picked, True)
+        try:
+            xl.load()  # built on the device first (sdxl.build), then loaded by the model's runner
+            xl.plans(rows, CHECK_STEPS, SDXL_BATCHES, SDXL_REQUESTS)
+        finally:
+            xl.close()
+
     def loaded(body: Callable[[], None]) -> Callable[[], None]:
         def run() -> None:
             session.load()  # once: the in-process pipeline the phases after e2e share
@@ -246,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         "designs": (60, loaded(run_designs)),
         "speed": (60, loaded(run_speed)),
         "direct": (60, loaded(session.direct)),
+        "sdxl": (150, run_sdxl),
         "map": (30, loaded(session.variance_map)),
     }
     for name in phases:

@@ -1,8 +1,13 @@
-"""The in-process measurements of the GPU report: one loaded pipeline, plans applied and removed in turn."""
+"""The in-process measurements of the GPU report: one loaded pipeline, plans applied and removed in turn.
+
+A ``Session`` is one model: SD 1.5 for the main phases, SDXL for the ``sdxl`` phase (the same checks and
+timings at 1024 px, its figures under ``sdxl.`` in the report through ``Scoped``).
+"""
 
 from __future__ import annotations
 
 import gc
+import importlib
 import json
 import time
 from pathlib import Path
@@ -16,27 +21,61 @@ from bench.workload import Workload
 
 
 class Recorder(Protocol):
-    data: dict[str, Any]
+    @property
+    def data(self) -> dict[str, Any]: ...
 
     def record(self, key: str, value: Any) -> None: ...
 
     def left_s(self) -> float: ...
 
 
-def ensure_model(model_path: Path, device: str) -> dict[str, Any]:
-    """Build the full-size random-weight SD 1.5 on the device itself unless ``model_path`` holds a model."""
-    from embedded.sd15_model import FOLDER, build
+class Scoped:
+    """A recorder whose keys live under ``scope`` of another's (``sdxl.load_s``): a second model's figures
+    beside the first's, in the same JSON, written as they are measured."""
 
-    if FOLDER.is_someone_elses(model_path):  # a model of yours (or the tiny one, in the rehearsal): used as it is
+    def __init__(self, report: Recorder, scope: str) -> None:
+        self.report = report
+        self.scope = scope
+
+    @property
+    def data(self) -> dict[str, Any]:
+        found = self.report.data.get(self.scope)
+        return found if isinstance(found, dict) else {}
+
+    def record(self, key: str, value: Any) -> None:
+        self.report.record(f"{self.scope}.{key}", value)
+
+    def left_s(self) -> float:
+        return self.report.left_s()
+
+
+# The full-size random-weight builders, by family (``embedded.sd15_model``, ``embedded.sdxl_model``).
+BUILDERS = {"sd15": "embedded.sd15_model", "sdxl": "embedded.sdxl_model"}
+
+
+def ensure_model(model_path: Path, device: str, family: str = "sd15") -> dict[str, Any]:
+    """Build the family's full-size random-weight model on the device itself unless ``model_path`` holds a model."""
+    builder = importlib.import_module(BUILDERS[family])
+    if builder.FOLDER.is_someone_elses(model_path):  # yours (or a tiny one, in the rehearsal): used as it is
         return {"built": False, "folder": str(model_path)}
     started = time.monotonic()
-    record = build(model_path, device=device, dtype_name="float16" if device.startswith("cuda") else "float32")
+    dtype_name = "float16" if device.startswith("cuda") else "float32"
+    record: dict[str, Any] = builder.build(model_path, device=device, dtype_name=dtype_name)
     return record | {"seconds": round(time.monotonic() - started, 1)}
 
 
 class Session:
-    def __init__(self, model_path: Path, workload_args: dict[str, Any], report: Recorder, *, seconds: float) -> None:
+    def __init__(
+        self,
+        model_path: Path,
+        workload_args: dict[str, Any],
+        report: Recorder,
+        *,
+        seconds: float,
+        family: str = "sd15",
+    ) -> None:
         self.model_path = model_path
+        self.family = family
         self.workload_args = workload_args
         self.workload = Workload(**workload_args)
         self.report = report
@@ -51,7 +90,7 @@ class Session:
 
         if "build" not in self.report.data:
             device = "cuda" if torch.cuda.is_available() else "cpu"
-            self.report.record("build", ensure_model(self.model_path, device))
+            self.report.record("build", ensure_model(self.model_path, device, self.family))
 
     def load(self) -> None:
         if self.direct_runner is not None:
@@ -61,6 +100,15 @@ class Session:
         # Loaded as "batched" (nothing wrapped): every design below applies its own plan.
         self.direct_runner = Direct(str(self.model_path), self.workload_args, "batched")
         self.report.record("load_s", round(time.monotonic() - started, 1))
+
+    def close(self) -> None:
+        """Drop the loaded pipeline (and its device memory) once its phases are done."""
+        import torch
+
+        self.direct_runner = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     @property
     def runner(self) -> Any:
@@ -133,14 +181,14 @@ class Session:
                 torch.cuda.empty_cache()
         self.use(None, False)
 
-    def identical(self, steps: int) -> dict[str, Any]:
-        """Each of 8 requests alone vs. in a batch of 8 (position i) and of 3 (reversed): same bytes?"""
+    def identical(self, steps: int, requests: int = 8) -> dict[str, Any]:
+        """Each of ``requests`` alone vs. in a batch of them all (position i) and of 3 (reversed): same bytes?"""
         assert self.direct_runner is not None
         check = Workload(**(self.workload_args | {"num_inference_steps": steps}))
         run = self.runner.run
-        alone = [run(self.direct_runner.call([i], check)) for i in range(8)]
+        alone = [run(self.direct_runner.call([i], check)) for i in range(requests)]
         mismatches = []
-        for order in (list(range(8)), [7, 3, 0]):
+        for order in (list(range(requests)), [requests - 1, requests // 2 - 1, 0]):
             together = run(self.direct_runner.call(order, check))
             for position, i in enumerate(order):
                 if not np.array_equal(together[position], alone[i][0]):
@@ -153,7 +201,16 @@ class Session:
                             "pixels": int((diff > 0).sum()),
                         }
                     )
-        return {"identical": not mismatches, "steps": int(steps * self.workload.strength), "mismatches": mismatches}
+        steps_run = int(steps * self.workload.strength)
+        return {"identical": not mismatches, "steps": steps_run, "requests": requests, "mismatches": mismatches}
+
+    def check(self, key: str, spec: str | None, pinned: bool, steps: int, requests: int = 8) -> dict[str, Any]:
+        """One plan applied (``None``: plain batched) and its bytes compared alone vs. batched, under ``key``."""
+        self.report.record(f"{key}.spec", spec)
+        self.report.record(f"{key}.wrapped", self.use(spec, pinned))
+        outcome = self.identical(steps, requests)
+        self.report.record(f"{key}.check", outcome)
+        return outcome
 
     def recorded_map(self) -> dict[str, Any]:
         """The H200's pinned map (docs/gpu-run-1.json) on a GPU when this run measured none; else empty."""
@@ -172,10 +229,7 @@ class Session:
         results = []
         for design in designs.candidates(base, dict(shipped)):
             key = f"designs.{design.name}"
-            self.report.record(f"{key}.spec", design.spec())
-            self.report.record(f"{key}.wrapped", self.use(design.spec(), design.pinned))
-            outcome = self.identical(check_steps)
-            self.report.record(f"{key}.check", outcome)
+            outcome = self.check(key, design.spec(), design.pinned, check_steps)
             result: dict[str, Any] = {"name": design.name, "spec": design.spec(), "identical": outcome["identical"]}
             shipped = self.report.data.get("direct", {}).get("batch_invariant", {})
             if design.pinned and design.rows == parse_plan(shipped.get("spec") or "", "cuda").rows and "b8" in shipped:
@@ -235,3 +289,28 @@ class Session:
             self.throughput("speed.cuda_graphs" if use_graphs else "speed.chosen", (2, 4, 16))
         self.use(None, False)
         return use_graphs
+
+    def plans(
+        self, rows: dict[str, tuple[str | None, bool]], check_steps: int, batches: tuple[int, ...], requests: int
+    ) -> None:
+        """The ``sdxl`` phase's body (any model): each plan row's bytes alone vs. batched, then images/s at
+        ``batches`` while the budget lasts; then the whole components alone vs. batched, kernels pinned."""
+        import torch
+
+        from bench.gpu import variance
+
+        for name, (spec, pinned) in rows.items():
+            self.check(f"plans.{name}", spec, pinned, check_steps, requests)
+            for batch in batches:
+                # A throughput figure is a few calls of the whole workload: one at the largest batch must fit.
+                if self.report.left_s() < 30 + 10 * batch:
+                    self.report.record(f"plans.{name}.skipped_b{batch}", f"{self.report.left_s():.0f} s left")
+                    break
+                self.throughput(f"plans.{name}", (batch,))
+        if self.report.left_s() > 30:
+            self.use(None, True)
+            components = variance.component_map(self.runner.pipe, requests=requests, size=self.workload.size)
+            self.report.record("map.pinned.components", components)
+        self.use(None, False)
+        if torch.cuda.is_available():
+            self.report.record("gpu_peak_gib", round(torch.cuda.max_memory_allocated() / 2**30, 1))

@@ -5,8 +5,10 @@ interpreter shaped like the GPU machine's (``bench/gpu/device-image.txt``: what 
 preinstalled, numpy 2 and transformers 5 included; Python 3.12 as there), adds to it only what
 ``make gpu-carry`` packs, and runs ``bash bench/gpu/run.sh`` in it exactly as the device call does, on
 the CPU with the tiny model: every phase, the end-to-end one through tritonserver and the frontend
-included. Then it reads the report and fails unless every phase ran clean, both concurrencies answered
-every request and the service gave the same bytes alone and amid neighbours.
+included, and the ``sdxl`` phase on the tiny SDXL (``python -m embedded.tiny_model --family sdxl``,
+built here first) where the device builds the full-size one. Then it reads the report and fails unless
+every phase ran clean, both concurrencies answered every request and the service gave the same bytes
+alone and amid neighbours.
 """
 
 from __future__ import annotations
@@ -31,8 +33,11 @@ from embedded.triton_server import REPO_ROOT
 IMAGE = REPO_ROOT / "bench" / "gpu" / "device-image.txt"
 HOME = REPO_ROOT / ".build" / "gpu-rehearsal"
 TINY_MODEL = REPO_ROOT / ".models" / "tiny-sd-img2img"
+TINY_SDXL = REPO_ROOT / ".models" / "tiny-sdxl"
 # The tiny model at the size it is built for; fewer steps than the full workload, the same code paths.
 WORKLOAD = {"size": 64, "num_inference_steps": 8, "strength": 0.5, "guidance_scale": 7.5, "variants": 8}
+# The sdxl phase's paths on the tiny SDXL: 64 px instead of 1024, as few steps.
+SDXL_WORKLOAD = WORKLOAD | {"variants": 4}
 
 
 def python312() -> Path:
@@ -65,6 +70,14 @@ def image_environment(home: Path) -> Path:
     )
     stamp.write_text(wanted)
     return python
+
+
+def tiny_sdxl(folder: Path) -> Path:
+    """The tiny SDXL for the sdxl phase, built by this checkout's Python (as ``make model`` builds the tiny
+    SD): the device image has none of our packages, and the device builds the full-size one instead."""
+    command = [sys.executable, "-m", "embedded.tiny_model", "--family", "sdxl", str(folder)]
+    subprocess.run(command, check=True, cwd=REPO_ROOT)
+    return folder.resolve()
 
 
 def problems(report: dict[str, Any], phases: tuple[str, ...] = PHASES) -> list[str]:
@@ -123,11 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--home", type=Path, default=HOME, help="the image's venv, the installed carry, the report")
     parser.add_argument("--model-path", type=Path, default=TINY_MODEL)
+    parser.add_argument("--sdxl-model-path", type=Path, default=TINY_SDXL, help="built (tiny) if missing")
     parser.add_argument("--budget-s", type=float, default=1500.0, help="bench.gpu's budget (the CPU is slower)")
     parser.add_argument("--seconds", type=float, default=1.0)
     args = parser.parse_args(argv)
     stop_on_signals()
     python = image_environment(args.home)
+    sdxl = tiny_sdxl(args.sdxl_model_path)
     out = args.home / "out"
     shutil.rmtree(out, ignore_errors=True)
     # Installed afresh each time, as on a bare device machine.
@@ -139,12 +154,14 @@ def main(argv: list[str] | None = None) -> int:
         "GPU_SITE": str(args.home / "sd-gpu" / "site"),
         "GPU_STUB_SITE": str(args.home / "sd-gpu" / "stub-site"),
         "GPU_MODEL_DIR": str(args.model_path.resolve()),
+        "GPU_SDXL_MODEL_DIR": str(sdxl),
         "CUDA_VISIBLE_DEVICES": "",  # the rehearsal is the CPU, even on a machine with a GPU
     }
     for name in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME"):  # nothing of this checkout's venv leaks in
         env.pop(name, None)
     env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if not p.startswith(str(REPO_ROOT)))
     command = ["bash", str(REPO_ROOT / "bench" / "gpu" / "run.sh"), "--workload", json.dumps(WORKLOAD)]
+    command += ["--sdxl-workload", json.dumps(SDXL_WORKLOAD)]
     command += ["--budget-s", str(args.budget_s), "--seconds", str(args.seconds)]
     print("gpu-rehearsal:", " ".join(command), flush=True)
     status = run_to_end(command, env)

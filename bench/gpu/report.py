@@ -263,6 +263,7 @@ def render(data: dict[str, Any]) -> str:
     same = _get(data, "speed.cuda_graphs.same_as_eager")
     if same is not None:
         out += ["", "CUDA graphs vs. eager, same request: " + ("the same bytes." if same else "**different bytes**.")]
+    out += sdxl_section(data)
     failed = _get(data, "e2e.failed") or {}
     if failed:
         out += ["", "## Why tritonserver did not serve", ""]
@@ -277,6 +278,41 @@ def render(data: dict[str, Any]) -> str:
     if problems:
         out += ["", "## Not measured", ""] + [f"- {k}: {v}" for k, v in problems.items()]
     return "\n".join(out) + "\n"
+
+
+def sdxl_section(data: dict[str, Any]) -> list[str]:
+    """The ``sdxl`` phase: full-size SDXL base built on the device, its plans' bytes and images/s."""
+    xl = data.get("sdxl")
+    if not isinstance(xl, dict):
+        return []
+    build = xl.get("build") or {}
+    out = ["", "## 6. SDXL base at 1024 px", ""]
+    out += [
+        f"Full-size SDXL base 1.0 with random weights, built on the device ({build.get('dtype', '-')}) in"
+        f" {_num(build.get('seconds'), 1)} s, loaded by the model's runner in {_num(xl.get('load_s'), 1)} s;"
+        f" workload {xl.get('workload', '-')}; GPU memory peak in this phase {_num(xl.get('gpu_peak_gib'), 1)} GiB.",
+        "Bytes compared: each of the requests alone vs. at its position in a batch of all of them, and 3 in",
+        "reverse order, at fewer steps; then timed.",
+        "",
+    ]
+    plans = xl.get("plans") or {}
+    batches = sorted({int(k[1:]) for plan in plans.values() for k in plan if k[:1] == "b" and k[1:].isdigit()})
+    rows = []
+    for name, plan in plans.items():
+        check = plan.get("check") or {}
+        identical = "yes" if check.get("identical") else f"no ({len(check.get('mismatches', []))} differ)"
+        figures = [_num(_get(plan, f"b{b}.images_per_s")) for b in batches]
+        rows.append([f"`{name}`", f"`{plan.get('spec') or '(none)'}`", identical if check else "-", *figures])
+    header = ["plan", "invariant_modules", "byte-identical", *(f"b{b} images/s" for b in batches)]
+    out += table(header, rows) if rows else ["(not measured)"]
+    components = _get(xl, "map.pinned.components")
+    if components:
+        out += [
+            "",
+            "Whole components alone vs. batched, kernels pinned (max abs diff; 0 = bitwise equal): "
+            + ", ".join(f"{k} {v:.3g}" for k, v in components.items()),
+        ]
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU report in one command, on a machine with an NVIDIA GPU and a CUDA torch in `python3`:
 #   bash bench/gpu/run.sh [bench.gpu arguments, e.g. --phases e2e,speed --design conv2d:1]
-# Installs what .gpu/ carries (make gpu-carry), builds the full-size random SD 1.5 on the GPU, runs
-# python -m bench.gpu, and writes $OUT/gpu-report.json (after every figure), its log and gpu.md.
+# Installs what .gpu/ carries (make gpu-carry), builds the full-size random SD 1.5 on the GPU (and, for
+# the sdxl phase, SDXL base: never carried), runs python -m bench.gpu, and writes $OUT/gpu-report.json
+# (after every figure), its log and gpu.md.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-.build/gpu}
@@ -11,6 +12,7 @@ CARRY=${GPU_CARRY:-.gpu}
 SITE=${GPU_SITE:-/tmp/sd-gpu/site}
 STUB_SITE=${GPU_STUB_SITE:-/tmp/sd-gpu/stub-site}
 MODEL=${GPU_MODEL_DIR:-/tmp/sd-gpu/sd15-random}
+SDXL_MODEL=${GPU_SDXL_MODEL_DIR:-/tmp/sd-gpu/sdxl-random}
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/run.log") 2>&1
 
@@ -40,7 +42,8 @@ import sys; sys.path.insert(0, sys.argv[1])
 import numpy, torch, diffusers, transformers
 print("stub-like imports:", numpy.__version__, torch.__version__, diffusers.__version__, transformers.__version__)
 CHECK
-PYTHONUNBUFFERED=1 "$PY" -m bench.gpu --model-path "$MODEL" --out "$OUT" --stub-python-path "$STUB_SITE" "$@"
+PYTHONUNBUFFERED=1 "$PY" -m bench.gpu --model-path "$MODEL" --sdxl-model-path "$SDXL_MODEL" --out "$OUT" \
+    --stub-python-path "$STUB_SITE" "$@"
 status=$?
 "$PY" -m bench.gpu.report "$OUT/gpu-report.json" --markdown "$OUT/gpu.md" || status=1
 exit $status

@@ -8,8 +8,9 @@ it saw in one batched forward (8 requests: 16 UNet rows with classifier-free gui
 * ``padded``: row ``p`` at position 0 of a zero-padded batch of the same size: whether a fixed-shape
   (padded) plan would be exact for that kind (the kernel is then the same, only the position moves).
 
-Whole components (text encoder, VAE encode and decode, the UNet) are compared alone vs. batched too.
+Whole components (text encoders, VAE encode and decode, the UNet) are compared alone vs. batched too.
 Inputs are identical in both runs, so a difference is the kernel's, never inherited from upstream.
+SD and SDXL alike: ``conditioning`` gives the UNet what the family's pipeline would.
 """
 
 from __future__ import annotations
@@ -34,6 +35,31 @@ def _padded(value: Any, position: int, batch: int) -> Any:
         out[0] = value[position]
         return out
     return value
+
+
+def size_ids(unet_config: Any, side: int, pooled_width: int) -> list[float]:
+    """SDXL's size conditioning of one row: the base's (original size, crop corner, target size), or the
+    refiner's (original size, crop corner, aesthetic score), as the UNet's embedding width says."""
+    count = (unet_config.projection_class_embeddings_input_dim - pooled_width) // unet_config.addition_time_embed_dim
+    return [side, side, 0, 0, side, side] if count == 6 else [side, side, 0, 0, 6.0]
+
+
+def conditioning(pipe: Any, tokens: torch.Tensor, side: int) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+    """The UNet's text conditioning for ``tokens`` (one row each): SD's encoder states, or SDXL's two
+    encoders' penultimate states side by side with the last one's pooled projection and the size ids."""
+    if not hasattr(pipe, "text_encoder_2"):
+        return pipe.text_encoder(tokens)[0], None
+    encoders = [e for e in (pipe.text_encoder, pipe.text_encoder_2) if e is not None]  # the refiner: the second
+    outputs = [encoder(tokens, output_hidden_states=True) for encoder in encoders]
+    pooled = outputs[-1].text_embeds
+    ids = size_ids(pipe.unet.config, side, pooled.shape[-1])
+    time_ids = torch.tensor([ids] * tokens.shape[0], device=pooled.device, dtype=pooled.dtype)
+    context = torch.cat([output.hidden_states[-2] for output in outputs], dim=-1)
+    return context, {"text_embeds": pooled, "time_ids": time_ids}
+
+
+def text_encoder_names(pipe: Any) -> list[str]:
+    return [name for name in ("text_encoder", "text_encoder_2") if getattr(pipe, name, None) is not None]
 
 
 def _first(output: Any) -> torch.Tensor:
@@ -81,12 +107,14 @@ def layer_map(pipe: Any, *, requests: int = 8, size: int = 512, deadline: float 
     unet, device, dtype = pipe.unet, pipe.unet.device, pipe.unet.dtype
     rows = 2 * requests  # classifier-free guidance: an unconditional and a conditional row per request
     generator = torch.Generator("cpu").manual_seed(0)
-    tokens = torch.randint(0, pipe.tokenizer.vocab_size, (rows, pipe.tokenizer.model_max_length), generator=generator)
+    tokenizer = pipe.tokenizer or pipe.tokenizer_2
+    tokens = torch.randint(0, tokenizer.vocab_size, (rows, tokenizer.model_max_length), generator=generator)
     latents = torch.randn((rows, unet.config.in_channels, size // 8, size // 8), generator=generator)
-    capture = Capture({"text_encoder": pipe.text_encoder, "unet": unet}, layer_classes())
+    models = {name: getattr(pipe, name) for name in text_encoder_names(pipe)}
+    capture = Capture({**models, "unet": unet}, layer_classes())
     try:
-        text = pipe.text_encoder(tokens.to(device))[0]
-        unet(latents.to(device, dtype), 500, encoder_hidden_states=text)
+        text, added = conditioning(pipe, tokens.to(device), size)
+        unet(latents.to(device, dtype), 500, encoder_hidden_states=text, added_cond_kwargs=added)
     finally:
         capture.close()
 
@@ -142,9 +170,9 @@ def component_map(pipe: Any, *, requests: int = 8, size: int = 512) -> dict[str,
     """Whole components, request ``i`` alone vs. in a batch of ``requests``: the largest difference."""
     unet, vae, device, dtype = pipe.unet, pipe.vae, pipe.unet.device, pipe.unet.dtype
     generator = torch.Generator("cpu").manual_seed(1)
-    tokens = torch.randint(
-        0, pipe.tokenizer.vocab_size, (requests, pipe.tokenizer.model_max_length), generator=generator
-    ).to(device)
+    tokenizer = pipe.tokenizer or pipe.tokenizer_2
+    tokens = torch.randint(0, tokenizer.vocab_size, (requests, tokenizer.model_max_length), generator=generator)
+    tokens = tokens.to(device)
     pixels = (torch.rand((requests, 3, size, size), generator=generator) * 2 - 1).to(device, dtype)
     latents = torch.randn((requests, unet.config.in_channels, size // 8, size // 8), generator=generator).to(
         device, dtype
@@ -154,20 +182,35 @@ def component_map(pipe: Any, *, requests: int = 8, size: int = 512) -> dict[str,
         together = run(batch)
         return max(_compare(run(batch[i : i + 1])[0], together[i]) for i in range(requests))
 
-    text = pipe.text_encoder(tokens)[0]
-    results = {
-        "text_encoder": worst(lambda t: pipe.text_encoder(t)[0], tokens),
-        "vae_encode": worst(lambda x: vae.encode(x).latent_dist.mean, pixels),
-        "vae_decode": worst(lambda z: vae.decode(z, return_dict=False)[0], latents),
-    }
+    text, added = conditioning(pipe, tokens, size)
+
+    def encoder_states(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+        return lambda t: getattr(pipe, name)(t)[0]
+
+    results = {name: worst(encoder_states(name), tokens) for name in text_encoder_names(pipe)}
+    # The VAE in the dtype the pipeline runs it in: SDXL's pipelines upcast a force_upcast VAE to fp32.
+    upcast = hasattr(pipe, "text_encoder_2") and getattr(vae.config, "force_upcast", False)
+    vae_dtype = torch.float32 if upcast else dtype
+    vae.to(vae_dtype)
+    try:
+        results["vae_encode"] = worst(lambda x: vae.encode(x).latent_dist.mean, pixels.to(vae_dtype))
+        results["vae_decode"] = worst(lambda z: vae.decode(z, return_dict=False)[0], latents.to(vae_dtype))
+    finally:
+        vae.to(dtype)
     # The UNet with guidance: request i is rows (i, requests + i) of the batch, rows (0, 1) alone.
     doubled = torch.cat([latents, latents])
     context = torch.cat([text, text])
-    together = unet(doubled, 500, encoder_hidden_states=context).sample
+    extra = {k: torch.cat([v, v]) for k, v in (added or {}).items()}
+    together = unet(doubled, 500, encoder_hidden_states=context, added_cond_kwargs=extra or None).sample
     diffs = []
     for i in range(requests):
         index = torch.tensor([i, requests + i], device=device)
-        alone = unet(doubled.index_select(0, index), 500, encoder_hidden_states=context.index_select(0, index)).sample
+        alone = unet(
+            doubled.index_select(0, index),
+            500,
+            encoder_hidden_states=context.index_select(0, index),
+            added_cond_kwargs={k: v.index_select(0, index) for k, v in extra.items()} or None,
+        ).sample
         diffs.append(_compare(alone, together.index_select(0, index)))
     results["unet"] = max(diffs)
     return results
