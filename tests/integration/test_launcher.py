@@ -1,7 +1,8 @@
-"""The embedded launcher's failure path: a model that cannot load gives an error with the log tail."""
+"""The embedded launcher's failure path: a model that cannot load stops it with the model's one line saying why."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -13,13 +14,30 @@ from embedded.triton_server import DEFAULT_MODEL_REPOSITORY, EmbeddedTriton, Tri
 pytestmark = pytest.mark.integration
 
 
-def test_model_that_fails_to_load_stops_the_launcher_with_the_log_tail(tmp_path: Path) -> None:
-    server = EmbeddedTriton.on_free_ports(DEFAULT_MODEL_REPOSITORY, tmp_path / "no-such-model", ready_timeout_s=120)
+@pytest.mark.parametrize(
+    ("folder", "found"),
+    [
+        (None, "found neither model_index.json nor config.json at"),
+        ({"_class_name": "FluxPipeline", "transformer": ["diffusers", "FluxTransformer2DModel"]}, "found FluxPipeline"),
+    ],
+    ids=["no-such-model", "flux"],
+)
+def test_a_model_that_cannot_load_stops_the_launcher_with_one_line_saying_why(
+    tmp_path: Path, folder: dict[str, object] | None, found: str
+) -> None:
+    """What ``make serve MODEL_DIR=...`` prints as its error: the model's own line, not tritonserver's log."""
+    model = tmp_path / "model"
+    if folder is not None:
+        model.mkdir()
+        (model / "model_index.json").write_text(json.dumps(folder))
+    server = EmbeddedTriton.on_free_ports(DEFAULT_MODEL_REPOSITORY, model, ready_timeout_s=120)
+    server.log_file = tmp_path / "triton.log"
     with pytest.raises(TritonStartError) as caught:
         server.start()
     message = str(caught.value)
-    assert "exited with code 1" in message
-    assert "failed to load 'sd_img2img'" in message and "no-such-model" in message
+    assert "\n" not in message and message.startswith(f"sd_img2img cannot serve '{model}': {found}"), message
+    assert "sd_img2img serves SD 1.x, SD 2.x (epsilon or v) and SDXL (base or refiner)" in message
+    assert message.endswith(f"(tritonserver's log: {server.log_file})")
     assert server.process is not None and server.process.returncode == 1
 
 
