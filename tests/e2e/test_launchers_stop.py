@@ -65,13 +65,11 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
     return False
 
 
-# make serve: every signal (the stack hands them to the frontend's own handlers while it serves). serve-replicas
-# and serve-fleet share one launcher (embedded/replicas.py) whose one handler (lifecycle.stop_on_signals) takes all
-# three alike: one signal each, SIGHUP (a closed terminal) for replicas and SIGTERM (Kubernetes') for the fleet.
-LAUNCHES = [("serve", signum) for signum in SIGNALS] + [
-    ("serve-replicas", signal.SIGHUP),
-    ("serve-fleet", signal.SIGTERM),
-]
+# make serve: every signal (the stack hands them to the frontend's own handlers while it serves). serve-fleet runs
+# serve-replicas' launcher (embedded/replicas.py) with pods besides, and that launcher's one handler
+# (lifecycle.stop_on_signals, tests/unit/test_stop_signals.py) takes all three alike: SIGTERM, Kubernetes', once.
+# (make serve-replicas' own Ctrl-C is tests/e2e/test_make_serve_replicas.py's.)
+LAUNCHES = [("serve", signum) for signum in SIGNALS] + [("serve-fleet", signal.SIGTERM)]
 
 
 @pytest.mark.parametrize(("target", "signum"), LAUNCHES, ids=[f"{t}-{signal.Signals(s).name}" for t, s in LAUNCHES])
